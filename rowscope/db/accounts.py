@@ -1,0 +1,119 @@
+"""Users and API keys: rowscope's own bookkeeping, run as the service role (never by tools)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from rowscope.db.models import ApiKey, UserProfile
+
+KEY_PREFIX = "rsk_"
+
+
+class AccountError(ValueError):
+    """A user or key operation that cannot be done; the message is for the operator."""
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    id: uuid.UUID
+    user_email: str
+    name: str
+    prefix: str
+    created_at: dt.datetime
+    last_used_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+
+
+def normalise_email(email: str) -> str:
+    email = email.strip().lower()
+    local, _, domain = email.partition("@")
+    if not local or "." not in domain or " " in email:
+        raise AccountError(f"{email!r} is not an email address")
+    return email
+
+
+def hash_key(key: str) -> str:
+    # API keys are 256 random bits, so a fast hash is enough: there is nothing to brute-force.
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+async def add_user(conn: AsyncConnection, email: str, display_name: str | None = None) -> uuid.UUID:
+    """Create the user, or return the existing one's id."""
+    email = normalise_email(email)
+    statement = (
+        insert(UserProfile)
+        .values(email=email, display_name=display_name)
+        .on_conflict_do_nothing(index_elements=["email"])
+    )
+    await conn.execute(statement)
+    return await user_id(conn, email)
+
+
+async def user_id(conn: AsyncConnection, email: str) -> uuid.UUID:
+    found = (
+        await conn.execute(select(UserProfile.id).where(UserProfile.email == normalise_email(email)))
+    ).scalar()
+    if found is None:
+        raise AccountError(f"no user {email}; create one with `rowscope users add {email}`")
+    return found
+
+
+async def create_key(conn: AsyncConnection, email: str, name: str) -> tuple[uuid.UUID, str]:
+    """A new API key for the user: returns its id and the key, which is shown once and never stored."""
+    owner = await user_id(conn, email)
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    key_id = (
+        await conn.execute(
+            insert(ApiKey)
+            .values(user_id=owner, name=name, prefix=key[:12], key_hash=hash_key(key))
+            .returning(ApiKey.id)
+        )
+    ).scalar_one()
+    return key_id, key
+
+
+async def list_keys(conn: AsyncConnection, email: str | None = None) -> list[KeyInfo]:
+    statement = (
+        select(ApiKey, UserProfile.email)
+        .join(UserProfile, UserProfile.id == ApiKey.user_id)
+        .order_by(ApiKey.created_at)
+    )
+    if email is not None:
+        statement = statement.where(UserProfile.email == normalise_email(email))
+    rows = (await conn.execute(statement)).all()
+    return [
+        KeyInfo(k.id, mail, k.name, k.prefix, k.created_at, k.last_used_at, k.revoked_at) for k, mail in rows
+    ]
+
+
+async def revoke_key(conn: AsyncConnection, key_id: uuid.UUID) -> None:
+    result = await conn.execute(
+        update(ApiKey)
+        .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=dt.datetime.now(dt.UTC))
+        .returning(ApiKey.id)
+    )
+    if result.first() is None:
+        raise AccountError(f"no live API key {key_id}")
+
+
+async def key_owner(conn: AsyncConnection, key: str) -> tuple[uuid.UUID, uuid.UUID] | None:
+    """(key id, user id) of a live key, or None."""
+    if not key.startswith(KEY_PREFIX) or len(key) > 100:
+        return None
+    row = (
+        await conn.execute(
+            select(ApiKey.id, ApiKey.user_id).where(
+                ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)
+            )
+        )
+    ).first()
+    return None if row is None else (row.id, row.user_id)

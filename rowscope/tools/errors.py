@@ -1,0 +1,53 @@
+"""Tool errors: the one place where failures become what the model reads.
+
+A tool raises :class:`ToolFailure` (or a domain error such as ``FilterError``) with a message
+written for the model. Database errors are never passed through as text: a lost connection
+becomes "the database is unavailable", anything else a generic refusal, and the detail goes to
+the server log only.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
+
+from mcp.server.mcpserver.exceptions import ToolError
+from sqlalchemy.exc import DBAPIError, OperationalError, TimeoutError
+
+from rowscope.db.filters import FilterError
+from rowscope.embeddings import EmbeddingError
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class ToolFailure(Exception):
+    """A failure whose message is safe and useful to show to the model."""
+
+
+UNAVAILABLE = "The database is unavailable right now; nothing was changed. Try again shortly."
+REFUSED = "The database refused this request; nothing was changed."
+
+
+def translated(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except (ToolFailure, FilterError, EmbeddingError) as exc:
+            raise ToolError(str(exc)) from None
+        except (OperationalError, TimeoutError, OSError) as exc:
+            log.warning("database unavailable in %s: %s", fn.__name__, exc)
+            raise ToolError(UNAVAILABLE) from None
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                log.warning("database connection lost in %s: %s", fn.__name__, exc)
+                raise ToolError(UNAVAILABLE) from None
+            log.exception("database error in %s", fn.__name__)
+            raise ToolError(REFUSED) from None
+
+    return wrapper

@@ -1,0 +1,170 @@
+"""``query_records`` and ``count_records``: structured, allowlisted reads of the user's own rows.
+
+The model names a model and a Prisma-style filter; never SQL. The statement is built with
+SQLAlchemy Core: the user's scope from the policy, AND the compiled filter, AND the cursor, with
+every value bound. Only allowlisted scalar columns are selected, so relation fields and secrets
+(password hashes, key hashes) cannot be asked for.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import uuid
+from typing import Annotated, Any, Literal
+
+from mcp.server.mcpserver import Context
+from pydantic import BaseModel, Field
+from sqlalchemy import and_, func
+from sqlalchemy import select as sql_select
+
+from rowscope.db.filters import (
+    FilterError,
+    WhereCompiler,
+    after_cursor,
+    column_kind,
+    decode_cursor,
+    encode_cursor,
+)
+from rowscope.db.policy import ExposedModel
+from rowscope.tools.context import current_user, runtime
+from rowscope.tools.errors import ToolFailure, translated
+
+DEFAULT_TAKE = 20
+MAX_TAKE = 100
+
+Direction = Literal["asc", "desc"]
+
+ModelName = Annotated[str, Field(description="The model to read; the tool description lists them.")]
+Where = Annotated[
+    dict[str, Any] | None,
+    Field(
+        description=(
+            "Prisma-style filter: {field: value} or {field: {equals|not|in|notIn|lt|lte|gt|gte|"
+            "contains|startsWith|endsWith: value, mode: 'insensitive'}}, combined with AND, OR, NOT."
+        )
+    ),
+]
+
+
+class QueryResult(BaseModel):
+    model: str
+    rows: list[dict[str, Any]]
+    next_cursor: str | None = Field(description="Pass back as `cursor` for the next page; null at the end.")
+
+
+class CountResult(BaseModel):
+    model: str
+    count: int
+
+
+def exposed_model(ctx: Context[Any], name: str) -> ExposedModel:
+    models = runtime(ctx).policy.models
+    if name not in models:
+        raise ToolFailure(f"unknown model {name!r}; allowed: {', '.join(models)}")
+    return models[name]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    return value
+
+
+def _order(model: ExposedModel, order_by: list[dict[str, Direction]] | None) -> list[tuple[str, str]]:
+    order: list[tuple[str, str]] = []
+    for item in order_by or []:
+        if len(item) != 1:
+            raise FilterError('each order_by entry names one field, e.g. {"created_at": "desc"}')
+        ((field, direction),) = item.items()
+        if field not in model.columns:
+            raise FilterError(
+                f"{model.name} has no field {field!r} to sort on; allowed: {', '.join(model.columns)}"
+            )
+        if column_kind(model.columns[field]) == "other":
+            raise FilterError(f"{field} cannot be sorted on")
+        order.append((field, direction))
+    if model.primary_key not in {f for f, _ in order}:
+        order.append((model.primary_key, "asc"))  # a total order, so cursors never skip or repeat
+    return order
+
+
+@translated
+async def query_records(
+    ctx: Context[Any],
+    model: ModelName,
+    where: Where = None,
+    select: Annotated[
+        list[str] | None, Field(description="Fields to return; default: every allowlisted field.")
+    ] = None,
+    order_by: Annotated[
+        list[dict[str, Direction]] | None,
+        Field(description='Sort keys in order, e.g. [{"created_at": "desc"}]. The id breaks ties.'),
+    ] = None,
+    take: Annotated[int, Field(ge=1, le=MAX_TAKE, description="Rows per page.")] = DEFAULT_TAKE,
+    cursor: Annotated[str | None, Field(description="next_cursor from the previous page.")] = None,
+) -> QueryResult:
+    """Read the signed-in user's own records of one model, with filters, sorting and pagination."""
+    rt = runtime(ctx)
+    user = current_user(ctx)
+    exposed = exposed_model(ctx, model)
+    fields = list(select) if select else list(exposed.columns)
+    unknown = [f for f in fields if f not in exposed.columns]
+    if unknown:
+        raise FilterError(
+            f"{model} has no field {unknown[0]!r} to select; allowed: {', '.join(exposed.columns)}"
+        )
+    order = _order(exposed, order_by)
+    condition = and_(
+        rt.policy.model_scope(model, user, exposed.table),
+        WhereCompiler(model, exposed.columns).compile(where),
+    )
+    if cursor is not None:
+        cursor_order, values = decode_cursor(cursor)
+        if cursor_order != order:
+            raise FilterError("this cursor belongs to a query with a different order_by")
+        condition = and_(condition, after_cursor(exposed.columns, order, values))
+    wanted = list(dict.fromkeys([*fields, *(f for f, _ in order)]))
+    statement = (
+        sql_select(*(exposed.columns[f] for f in wanted))
+        .where(condition)
+        .order_by(
+            *(
+                exposed.columns[f].asc().nulls_last()
+                if d == "asc"
+                else exposed.columns[f].desc().nulls_first()
+                for f, d in order
+            )
+        )
+        .limit(take + 1)
+    )
+    async with rt.database.user_transaction(user) as conn:
+        rows = (await conn.execute(statement)).mappings().all()
+    more = len(rows) > take
+    rows = rows[:take]
+    next_cursor = encode_cursor(order, [rows[-1][f] for f, _ in order]) if more else None
+    return QueryResult(
+        model=model,
+        rows=[{f: _jsonable(row[f]) for f in fields} for row in rows],
+        next_cursor=next_cursor,
+    )
+
+
+@translated
+async def count_records(ctx: Context[Any], model: ModelName, where: Where = None) -> CountResult:
+    """Count the signed-in user's own records of one model that match a filter."""
+    rt = runtime(ctx)
+    user = current_user(ctx)
+    exposed = exposed_model(ctx, model)
+    condition = and_(
+        rt.policy.model_scope(model, user, exposed.table),
+        WhereCompiler(model, exposed.columns).compile(where),
+    )
+    statement = sql_select(func.count()).select_from(exposed.table).where(condition)
+    async with rt.database.user_transaction(user) as conn:
+        count = (await conn.execute(statement)).scalar_one()
+    return CountResult(model=model, count=count)

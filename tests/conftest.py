@@ -1,0 +1,111 @@
+"""Shared fixtures: one real PostgreSQL with pgvector for the whole run (the embedded one, or the
+server in DATABASE_URL), a fresh database migrated with the production migrations, and the demo
+data loaded into it. Tests that change data make their own rows or restore what they touched."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psycopg
+import pytest
+from mcp.client import Client
+
+from rowscope.db import migrate
+from rowscope.db.engine import DatabaseUrl
+from rowscope.server import demo
+from rowscope.server.app import build_mcp, build_runtime
+from rowscope.server.runtime import Runtime
+from rowscope.server.settings import Settings
+
+USERS = {"alice": demo.ALICE, "bob": demo.BOB, "carol": demo.CAROL}
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def pg_admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], str]]:
+    """A function giving the SQLAlchemy URL of a new, empty database on the test server."""
+    external = os.environ.get("DATABASE_URL")
+    if external:
+        base = DatabaseUrl.parse(external).sqlalchemy
+        admin_dsn = base.replace("postgresql+psycopg://", "postgresql://")
+
+        def create(name: str) -> str:
+            with psycopg.connect(admin_dsn, autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{name}"')
+            head, _, query = base.partition("?")
+            return f"{head.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
+
+        yield create
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from rowscope.db.embedded import EmbeddedPostgres
+
+        server = EmbeddedPostgres(
+            Path(os.environ.get("ROWSCOPE_TEST_DATA_DIR") or tmp_path_factory.mktemp("pg"))
+        )
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_admin: Callable[[str], str]) -> str:
+    """The migrated test database (``alembic upgrade head``, exactly as production), with the demo."""
+    url = pg_admin(f"rowscope_test_{secrets.token_hex(4)}")
+    migrate.upgrade(url)
+    settings = Settings(database_url=url, openai_api_key=None)
+    anyio.run(demo.load_demo, build_runtime(settings, url))
+    return url
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(database_url=database_url, data_dir=tmp_path, openai_api_key=None)
+
+
+@pytest.fixture
+async def runtime(settings: Settings, database_url: str) -> AsyncIterator[Runtime]:
+    rt = build_runtime(settings, database_url)
+    await rt.start()
+    try:
+        yield rt
+    finally:
+        await rt.close()
+
+
+@pytest.fixture
+def client_as(
+    settings: Settings, database_url: str
+) -> Callable[[uuid.UUID], AbstractAsyncContextManager[Client]]:
+    """An in-process MCP SDK client whose every call runs as the given user."""
+
+    @asynccontextmanager
+    async def connect(user: uuid.UUID) -> AsyncIterator[Client]:
+        server = build_mcp(build_runtime(settings, database_url, stdio_user=user))
+        async with Client(server) as client:
+            yield client
+
+    return connect
+
+
+def structured(result: Any) -> dict[str, Any]:
+    assert not result.is_error, result.content
+    assert isinstance(result.structured_content, dict)
+    return result.structured_content
+
+
+def error_text(result: Any) -> str:
+    assert result.is_error, result.structured_content
+    return str(result.content[0].text)
