@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import array
-import base64
 import json
 import math
-import random
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -26,9 +21,9 @@ from rowscope.embeddings import (
     OpenAIEmbedder,
     build_embedder,
 )
+from tests.fake_openai import DIMS, FakeOpenAI, Reply, serve_fake_openai, vector_for
 
 API_KEY = "sk-test-SECRET-0123456789abcdef"
-DIMS = 1536
 
 
 @pytest.fixture
@@ -36,105 +31,10 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-# --- a fake OpenAI embeddings endpoint on 127.0.0.1 ---------------------------
-
-
-@dataclass
-class Reply:
-    """One scripted answer; ``status`` 200 means "embed normally"."""
-
-    status: int = 200
-    headers: dict[str, str] = field(default_factory=dict)
-    body: dict[str, Any] | None = None
-    vector_length: int | None = None  # override the returned vector length
-
-
-@dataclass
-class FakeOpenAI:
-    base_url: str
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    auth_headers: list[str] = field(default_factory=list)
-    script: list[Reply] = field(default_factory=list)
-    shuffle: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def next_reply(self) -> Reply:
-        with self.lock:
-            return self.script.pop(0) if self.script else Reply()
-
-
-def vector_for(text: str, length: int) -> list[float]:
-    """A recognisable vector: a spike at a position derived from ``text`` (e.g. "t7" -> 7)."""
-    vec = [0.001] * length
-    position = int(text[1:]) if text[1:].isdigit() else len(text)
-    vec[position % length] = 3.0
-    return vec
-
-
-def make_handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            return None
-
-        def send_json(self, status: int, payload: dict[str, Any], headers: dict[str, str]) -> None:
-            raw = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(raw)))
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(raw)
-
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length", "0"))
-            body = json.loads(self.rfile.read(length))
-            with fake.lock:
-                fake.requests.append(body)
-                fake.auth_headers.append(self.headers.get("Authorization", ""))
-            if self.path != "/v1/embeddings":
-                self.send_json(404, {"error": {"message": "not found", "type": "invalid_request_error"}}, {})
-                return
-            reply = fake.next_reply()
-            if reply.status != 200 or reply.body is not None:
-                self.send_json(reply.status, reply.body or {"error": {"message": "scripted"}}, reply.headers)
-                return
-            inputs = body["input"]
-            inputs = [inputs] if isinstance(inputs, str) else inputs
-            length_out = reply.vector_length or int(body.get("dimensions", DIMS))
-            data: list[dict[str, Any]] = []
-            for i, text in enumerate(inputs):
-                vec = vector_for(text, length_out)
-                encoded: list[float] | str = vec
-                if body.get("encoding_format") == "base64":
-                    encoded = base64.b64encode(array.array("f", vec).tobytes()).decode()
-                data.append({"object": "embedding", "index": i, "embedding": encoded})
-            if fake.shuffle:
-                random.Random(len(fake.requests)).shuffle(data)
-            payload = {
-                "object": "list",
-                "data": data,
-                "model": body["model"],
-                "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)},
-            }
-            self.send_json(200, payload, reply.headers)
-
-    return Handler
-
-
 @pytest.fixture
 def fake_openai() -> Iterator[FakeOpenAI]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
-    fake = FakeOpenAI(base_url=f"http://127.0.0.1:{server.server_address[1]}/v1")
-    server.RequestHandlerClass = make_handler(fake)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serve_fake_openai() as fake:
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def openai_embedder(fake: FakeOpenAI, **kwargs: Any) -> OpenAIEmbedder:

@@ -1,0 +1,521 @@
+"""Isolation: every principal sees exactly their own rows, through lock 1 (the compiled scope, via
+the real MCP tools) and through lock 2 (row-level security, with the compiled scope left out).
+
+Expected rows never come from the policy compiler: they are written out from the demo data and
+checked against a superuser SQL query that states each rule in plain SQL below.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from mcp.client import Client
+from sqlalchemy.exc import DBAPIError
+
+from rowscope.db.engine import TOOL_ROLE, Database, DatabaseUrl
+from rowscope.server import demo
+from rowscope.server.runtime import Runtime
+from tests.conftest import USERS, structured
+
+pytestmark = pytest.mark.anyio
+
+ClientFactory = Callable[[uuid.UUID], AbstractAsyncContextManager[Client]]
+
+TEAM = demo.TEAM
+NIL = "00000000-0000-0000-0000-000000000000"
+
+
+def spark_id(name: str) -> uuid.UUID:
+    return next(s["id"] for s in demo.SPARKS if s["name"] == name)
+
+
+# The rule of each exposed model, in plain SQL (the seed's rules, not the policy compiler's output).
+VISIBLE_SQL = {
+    "UserProfile": "SELECT id FROM user_profiles WHERE id = :uid",
+    "PortfolioItem": "SELECT id FROM portfolio_items WHERE user_id = :uid",
+    "ChatSession": "SELECT id FROM chat_sessions WHERE user_id = :uid",
+    "ChatMessage": (
+        "SELECT m.id FROM chat_messages m JOIN chat_sessions s ON s.id = m.session_id WHERE s.user_id = :uid"
+    ),
+    # Spark Access (seed 000): owner OR member OR shared with a team the user belongs to.
+    "Spark": (
+        "SELECT s.id FROM sparks s WHERE s.user_id = :uid"
+        " OR EXISTS (SELECT 1 FROM spark_members sm WHERE sm.spark_id = s.id AND sm.user_id = :uid)"
+        " OR (s.is_shared_with_team AND EXISTS ("
+        "   SELECT 1 FROM team_members tm WHERE tm.team_id = s.team_id AND tm.user_id = :uid))"
+    ),
+}
+LABEL = {
+    "UserProfile": "email",
+    "PortfolioItem": "title",
+    "ChatSession": "title",
+    "ChatMessage": "content",
+    "Spark": "name",
+}
+
+
+def _messages(user: uuid.UUID) -> set[str]:
+    return {content for owner, _, _, msgs in demo.CHATS if owner == user for _, content in msgs}
+
+
+@pytest.fixture(scope="module")
+def admin(database_url: str) -> Iterator[sa.Engine]:
+    """A superuser connection: sees every row, used only to state what is expected."""
+    engine = sa.create_engine(database_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def visible_ids(admin: sa.Engine, model: str, user: uuid.UUID) -> set[uuid.UUID]:
+    with admin.connect() as conn:
+        return set(conn.execute(sa.text(VISIBLE_SQL[model]), {"uid": user}).scalars())
+
+
+def all_ids(admin: sa.Engine, table: str) -> set[uuid.UUID]:
+    with admin.connect() as conn:
+        return set(conn.execute(sa.text(f"SELECT id FROM {table}")).scalars())
+
+
+async def query_all(
+    client: Client, model: str, where: dict[str, Any] | None = None, **extra: Any
+) -> list[Any]:
+    args: dict[str, Any] = {"model": model, "take": 100, **extra}
+    if where is not None:
+        args["where"] = where
+    result = structured(await client.call_tool("query_records", args))
+    assert result["next_cursor"] is None, "the demo data fits in one page"
+    return list(result["rows"])
+
+
+async def count(client: Client, model: str, where: dict[str, Any] | None = None) -> int:
+    args: dict[str, Any] = {"model": model}
+    if where is not None:
+        args["where"] = where
+    return int(structured(await client.call_tool("count_records", args))["count"])
+
+
+# -- lock 1 through the tools: principal x model x expected rows ------------------------------------
+
+ISOLATION = [
+    pytest.param("alice", "UserProfile", {"alice@example.com"}, id="alice-UserProfile"),
+    pytest.param("bob", "UserProfile", {"bob@example.com"}, id="bob-UserProfile"),
+    pytest.param("carol", "UserProfile", {"carol@example.com"}, id="carol-UserProfile"),
+    pytest.param("alice", "PortfolioItem", {"Brand book 2026", "Essay drafts"}, id="alice-PortfolioItem"),
+    pytest.param("bob", "PortfolioItem", {"Interview notes", "Research method"}, id="bob-PortfolioItem"),
+    pytest.param("carol", "PortfolioItem", {"Seed inventory", "Soil test results"}, id="carol-PortfolioItem"),
+    pytest.param("alice", "ChatSession", {"Tightening the intro"}, id="alice-ChatSession"),
+    pytest.param("bob", "ChatSession", {"Export button findings"}, id="bob-ChatSession"),
+    pytest.param("carol", "ChatSession", {"When to plant tomatoes"}, id="carol-ChatSession"),
+    pytest.param("alice", "ChatMessage", _messages(demo.ALICE), id="alice-ChatMessage"),
+    pytest.param("bob", "ChatMessage", _messages(demo.BOB), id="bob-ChatMessage"),
+    pytest.param("carol", "ChatMessage", _messages(demo.CAROL), id="carol-ChatMessage"),
+    pytest.param(
+        "alice",
+        "Spark",
+        {"Alice's Writing Coach", "Studio Brand Voice", "Bob's Research Assistant"},
+        id="alice-Spark",
+    ),
+    pytest.param(
+        "bob",
+        "Spark",
+        {"Bob's Research Assistant", "Bob's Private Journal", "Studio Brand Voice", "Carol's Garden Planner"},
+        id="bob-Spark",
+    ),
+    pytest.param("carol", "Spark", {"Carol's Garden Planner"}, id="carol-Spark"),
+]
+
+
+@pytest.mark.parametrize(("principal", "model", "expected"), ISOLATION)
+async def test_each_principal_reads_and_counts_exactly_their_own_rows_of_each_model(
+    client_as: ClientFactory, admin: sa.Engine, principal: str, model: str, expected: set[str]
+) -> None:
+    """Spec-required (ARCHITECTURE "two locks", seed 000 Spark Access): the scope is exact."""
+    user = USERS[principal]
+    async with client_as(user) as client:
+        rows = await query_all(client, model, select=["id", LABEL[model]])
+        counted = await count(client, model)
+    assert {r[LABEL[model]] for r in rows} == expected
+    assert {uuid.UUID(r["id"]) for r in rows} == visible_ids(admin, model, user)
+    assert len(rows) == len(expected) == counted
+
+
+# principal x spark x route: every way a spark becomes readable, and every way it does not.
+SPARK_ROUTES = [
+    pytest.param("alice", "Alice's Writing Coach", True, id="alice-owner-private"),
+    pytest.param("alice", "Studio Brand Voice", True, id="alice-owner-team-shared"),
+    pytest.param("alice", "Bob's Research Assistant", True, id="alice-editor-member"),
+    pytest.param("alice", "Bob's Private Journal", False, id="alice-stranger-to-bobs-private"),
+    pytest.param("alice", "Carol's Garden Planner", False, id="alice-stranger-outside-team"),
+    pytest.param("bob", "Alice's Writing Coach", False, id="bob-teammate-but-private"),
+    pytest.param("bob", "Studio Brand Voice", True, id="bob-team-shared"),
+    pytest.param("bob", "Bob's Research Assistant", True, id="bob-owner-team-not-shared"),
+    pytest.param("bob", "Bob's Private Journal", True, id="bob-owner-private"),
+    pytest.param("bob", "Carol's Garden Planner", True, id="bob-viewer-member"),
+    pytest.param("carol", "Alice's Writing Coach", False, id="carol-stranger"),
+    pytest.param("carol", "Studio Brand Voice", False, id="carol-not-in-team"),
+    pytest.param("carol", "Bob's Research Assistant", False, id="carol-not-in-team-not-member"),
+    pytest.param("carol", "Bob's Private Journal", False, id="carol-stranger-private"),
+    pytest.param("carol", "Carol's Garden Planner", True, id="carol-owner"),
+]
+
+
+@pytest.mark.parametrize(("principal", "name", "visible"), SPARK_ROUTES)
+async def test_a_spark_is_readable_only_through_ownership_membership_or_team_share(
+    client_as: ClientFactory, principal: str, name: str, visible: bool
+) -> None:
+    """Spec-required (seed 000 Spark Access): owner OR member OR shared with the user's team."""
+    where = {"id": str(spark_id(name))}
+    async with client_as(USERS[principal]) as client:
+        rows = await query_all(client, "Spark", where, select=["name"])
+        counted = await count(client, "Spark", where)
+    assert [r["name"] for r in rows] == ([name] if visible else [])
+    assert counted == int(visible)
+
+
+async def test_a_team_id_without_the_shared_flag_grants_nothing_to_the_team(
+    client_as: ClientFactory,
+) -> None:
+    """Spec-required (seed 000): team_id alone does not share a spark; Alice reaches Bob's
+    Research Assistant only as a member, so a team filter shows her only what she may read anyway."""
+    async with client_as(USERS["alice"]) as client:
+        by_team = await query_all(client, "Spark", {"team_id": str(TEAM)}, select=["name"])
+        shared = await query_all(client, "Spark", {"is_shared_with_team": True}, select=["name"])
+    assert {r["name"] for r in by_team} == {"Studio Brand Voice", "Bob's Research Assistant"}
+    assert {r["name"] for r in shared} == {"Studio Brand Voice"}
+
+
+# -- adversarial filters: nothing foreign, whatever the filter says ----------------------------------
+
+ALL_USER_IDS = [str(u) for u in USERS.values()]
+ALL_EMAILS = ["alice@example.com", "bob@example.com", "carol@example.com"]
+BOB_SESSION = str(demo._id("chat-Export button findings"))
+CAROL_SESSION = str(demo._id("chat-When to plant tomatoes"))
+
+
+def forged_cursor(order: list[list[str]], values: list[Any]) -> str:
+    raw = json.dumps({"o": order, "v": values}).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+ADVERSARIAL = [
+    pytest.param(
+        "UserProfile",
+        {"OR": [{"id": str(demo.CAROL)}, {"email": "carol@example.com"}]},
+        {},
+        0,
+        id="or-with-another-users-id-and-email",
+    ),
+    pytest.param(
+        "UserProfile",
+        {"OR": [{"id": str(demo.ALICE)}, {"id": str(demo.BOB)}, {"id": str(demo.CAROL)}]},
+        {},
+        1,
+        id="or-with-every-users-id",
+    ),
+    pytest.param("UserProfile", {"NOT": {"id": str(demo.ALICE)}}, {}, 0, id="not-own-id"),
+    pytest.param(
+        "UserProfile", {"NOT": {"NOT": {"id": str(demo.CAROL)}}}, {}, 0, id="not-not-another-users-id"
+    ),
+    pytest.param("UserProfile", {"NOT": [{"email": "alice@example.com"}]}, {}, 0, id="not-list-own-email"),
+    pytest.param(
+        "UserProfile", {"id": {"not": {"equals": str(demo.ALICE)}}}, {}, 0, id="field-not-equals-own-id"
+    ),
+    pytest.param("UserProfile", {"id": {"not": str(demo.ALICE)}}, {}, 0, id="field-not-own-id"),
+    pytest.param(
+        "UserProfile", {"id": {"not": {"not": str(demo.CAROL)}}}, {}, 0, id="field-not-not-another-id"
+    ),
+    pytest.param("UserProfile", {"id": {"in": ALL_USER_IDS}}, {}, 1, id="in-every-users-id"),
+    pytest.param("UserProfile", {"email": {"in": ALL_EMAILS}}, {}, 1, id="in-every-users-email"),
+    pytest.param("UserProfile", {"id": {"notIn": [str(demo.ALICE)]}}, {}, 0, id="not-in-own-id"),
+    pytest.param(
+        "UserProfile", {"OR": [{"email": {"not": "x"}}, {"NOT": {"email": "x"}}]}, {}, 1, id="or-tautology"
+    ),
+    pytest.param("UserProfile", {"email": "' OR 1=1 --"}, {}, 0, id="sql-in-equals"),
+    pytest.param("UserProfile", {"email": {"contains": "' OR 1=1 --"}}, {}, 0, id="sql-in-contains"),
+    pytest.param("UserProfile", {"email": {"contains": "%"}}, {}, 0, id="percent-is-literal"),
+    pytest.param("UserProfile", {"email": {"startsWith": "_"}}, {}, 0, id="underscore-is-literal"),
+    pytest.param("UserProfile", {"email": {"startsWith": "alic_"}}, {}, 0, id="underscore-mid-is-literal"),
+    pytest.param("UserProfile", {"email": {"endsWith": "%"}}, {}, 0, id="percent-suffix-is-literal"),
+    pytest.param("UserProfile", {"email": {"contains": "\\"}}, {}, 0, id="backslash-is-literal"),
+    pytest.param("UserProfile", {"email": {"contains": "\\%"}}, {}, 0, id="escaped-percent-is-literal"),
+    pytest.param(
+        "UserProfile",
+        {"email": {"startsWith": "%", "mode": "insensitive"}},
+        {},
+        0,
+        id="percent-insensitive-is-literal",
+    ),
+    pytest.param("UserProfile", {"email": {"contains": "@"}}, {}, 1, id="control-contains-matches-own"),
+    pytest.param(
+        "UserProfile",
+        None,
+        {"cursor": forged_cursor([["id", "asc"]], [NIL])},
+        1,
+        id="cursor-forged-before-every-row",
+    ),
+    pytest.param(
+        "UserProfile",
+        None,
+        {
+            "order_by": [{"email": "desc"}],
+            "cursor": forged_cursor([["email", "desc"], ["id", "asc"]], [None, NIL]),
+        },
+        1,
+        id="cursor-forged-at-null-start-desc",
+    ),
+    pytest.param(
+        "UserProfile", None, {"order_by": [{"email": "desc"}, {"id": "desc"}]}, 1, id="order-by-tricks"
+    ),
+    pytest.param(
+        "PortfolioItem",
+        {"OR": [{"kind": "link"}, {"kind": {"not": "link"}}, {"url": None}]},
+        {},
+        2,
+        id="portfolio-or-everything",
+    ),
+    pytest.param(
+        "PortfolioItem",
+        {"title": {"in": [t for _, _, t, _, _ in demo.PORTFOLIO]}},
+        {},
+        2,
+        id="portfolio-in-every-title",
+    ),
+    pytest.param(
+        "PortfolioItem",
+        None,
+        {"order_by": [{"url": "asc"}], "cursor": forged_cursor([["url", "asc"], ["id", "asc"]], ["", NIL])},
+        2,
+        id="portfolio-cursor-forged-before-everything",
+    ),
+    pytest.param(
+        "PortfolioItem",
+        None,
+        {
+            "order_by": [{"id": "asc"}, {"id": "desc"}],
+            "cursor": forged_cursor([["id", "asc"], ["id", "desc"]], [NIL, NIL]),
+        },
+        2,
+        id="portfolio-duplicate-order-keys",
+    ),
+    pytest.param("ChatSession", {"id": {"in": [BOB_SESSION, CAROL_SESSION]}}, {}, 0, id="sessions-of-others"),
+    pytest.param("ChatMessage", {"session_id": BOB_SESSION}, {}, 0, id="messages-of-bobs-session"),
+    pytest.param(
+        "ChatMessage",
+        {
+            "OR": [
+                {"session_id": {"in": [BOB_SESSION, CAROL_SESSION]}},
+                {"role": {"in": ["user", "assistant"]}},
+            ]
+        },
+        {},
+        2,
+        id="messages-or-foreign-sessions",
+    ),
+    pytest.param("Spark", {"name": "Bob's Private Journal"}, {}, 0, id="spark-by-foreign-name"),
+    pytest.param("Spark", {"user_id": str(demo.BOB)}, {}, 1, id="spark-by-owner-only-membership-shows"),
+    pytest.param(
+        "Spark",
+        {"OR": [{"team_id": str(TEAM)}, {"team_id": None}, {"is_shared_with_team": False}]},
+        {},
+        3,
+        id="spark-or-every-team-state",
+    ),
+    pytest.param(
+        "Spark",
+        {"id": {"in": [str(s["id"]) for s in demo.SPARKS]}},
+        {},
+        3,
+        id="spark-in-every-spark-id",
+    ),
+]
+
+
+@pytest.mark.parametrize(("model", "where", "extra", "expected_count"), ADVERSARIAL)
+async def test_adversarial_filters_never_return_another_users_rows(
+    client_as: ClientFactory,
+    admin: sa.Engine,
+    model: str,
+    where: dict[str, Any] | None,
+    extra: dict[str, Any],
+    expected_count: int,
+) -> None:
+    """Spec-required (ARCHITECTURE lock 1): filters are ANDed on top of the scope, never inside it."""
+    async with client_as(USERS["alice"]) as client:
+        rows = await query_all(client, model, where, **extra)
+        counted = await count(client, model, where) if "cursor" not in extra else None
+    own = visible_ids(admin, model, demo.ALICE)
+    returned = {uuid.UUID(r["id"]) for r in rows}
+    assert returned <= own
+    assert len(rows) == len(returned) == expected_count
+    if counted is not None:
+        assert counted == expected_count
+
+
+async def test_carol_outside_the_team_sees_no_northwind_spark_whatever_she_asks(
+    client_as: ClientFactory, admin: sa.Engine
+) -> None:
+    """Spec-required (seed 000): a user outside the team reaches no team spark."""
+    northwind = [str(s["id"]) for s in demo.SPARKS if s["user_id"] != demo.CAROL]
+    filters: list[dict[str, Any]] = [
+        {"team_id": str(TEAM)},
+        {"is_shared_with_team": True},
+        {"id": {"in": northwind}},
+        {"OR": [{"user_id": str(demo.ALICE)}, {"user_id": str(demo.BOB)}]},
+        {"NOT": {"user_id": str(demo.CAROL)}},
+    ]
+    async with client_as(USERS["carol"]) as client:
+        for where in filters:
+            assert await query_all(client, "Spark", where) == [], where
+            assert await count(client, "Spark", where) == 0, where
+
+
+# -- lock 2: row-level security with the compiled scope left out -------------------------------------
+
+READABLE_SPARKS = VISIBLE_SQL["Spark"]
+RLS_EXPECTED = [
+    pytest.param("user_profiles", "SELECT id FROM user_profiles WHERE id = :uid", id="user_profiles"),
+    pytest.param(
+        "teams",
+        "SELECT id FROM teams WHERE id IN (SELECT team_id FROM team_members WHERE user_id = :uid)",
+        id="teams",
+    ),
+    pytest.param("team_members", "SELECT id FROM team_members WHERE user_id = :uid", id="team_members"),
+    pytest.param("spark_members", "SELECT id FROM spark_members WHERE user_id = :uid", id="spark_members"),
+    pytest.param("sparks", READABLE_SPARKS, id="sparks"),
+    pytest.param("portfolio_items", VISIBLE_SQL["PortfolioItem"], id="portfolio_items"),
+    pytest.param("chat_sessions", VISIBLE_SQL["ChatSession"], id="chat_sessions"),
+    pytest.param("chat_messages", VISIBLE_SQL["ChatMessage"], id="chat_messages"),
+    pytest.param(
+        "spark_embeddings",
+        f"SELECT id FROM spark_embeddings WHERE spark_id IN ({READABLE_SPARKS})",
+        id="spark_embeddings",
+    ),
+]
+
+
+@pytest.mark.parametrize(("table", "expected_sql"), RLS_EXPECTED)
+async def test_row_level_security_alone_limits_an_unscoped_select_to_the_users_rows(
+    runtime: Runtime, admin: sa.Engine, table: str, expected_sql: str
+) -> None:
+    """Spec-required (ARCHITECTURE lock 2): a bug in lock 1 must still not leak a row."""
+    everything = all_ids(admin, table)
+    for user in USERS.values():
+        with admin.connect() as conn:
+            expected = set(conn.execute(sa.text(expected_sql), {"uid": user}).scalars())
+        async with runtime.database.user_transaction(user) as conn:
+            seen = set((await conn.execute(sa.text(f"SELECT id FROM {table}"))).scalars())
+        assert seen == expected, (table, user)
+        assert expected < everything, "the table must hold rows of others for this test to mean anything"
+
+
+async def test_api_keys_are_not_readable_by_the_tool_role(runtime: Runtime) -> None:
+    """Our choice (migration 0002): tools get no grant on api_keys at all."""
+    with pytest.raises(DBAPIError) as caught:
+        async with runtime.database.user_transaction(demo.ALICE) as conn:
+            await conn.execute(sa.text("SELECT key_hash FROM api_keys"))
+    assert getattr(caught.value.orig, "sqlstate", None) == "42501"  # insufficient_privilege
+
+
+def _embedding_insert(spark: uuid.UUID) -> tuple[Any, dict[str, Any]]:
+    statement = sa.text(
+        "INSERT INTO spark_embeddings (spark_id, content, content_hash, source_type, embedding,"
+        " embedding_model) VALUES (:spark, 'forged', :hash, 'knowledge', CAST(:vec AS vector), 'test')"
+    )
+    vec = "[" + ",".join(["0.1"] * 1536) + "]"
+    return statement, {"spark": spark, "hash": uuid.uuid4().hex, "vec": vec}
+
+
+@pytest.mark.parametrize(
+    ("principal", "spark"),
+    [
+        pytest.param("alice", "Bob's Private Journal", id="alice-into-strangers-spark"),
+        pytest.param("bob", "Carol's Garden Planner", id="bob-viewer-member"),
+        pytest.param("bob", "Alice's Writing Coach", id="bob-into-teammates-private-spark"),
+        pytest.param("bob", "Studio Brand Voice", id="bob-team-shared-read-only"),
+        pytest.param("carol", "Studio Brand Voice", id="carol-into-team-spark"),
+    ],
+)
+async def test_row_level_security_refuses_knowledge_inserts_into_sparks_the_user_cannot_write(
+    runtime: Runtime, admin: sa.Engine, principal: str, spark: str
+) -> None:
+    """Spec-required (seed 000 / ARCHITECTURE lock 2): only owners and editors may train a spark."""
+    before = all_ids(admin, "spark_embeddings")
+    statement, params = _embedding_insert(spark_id(spark))
+    with pytest.raises(DBAPIError) as caught:
+        async with runtime.database.user_transaction(USERS[principal]) as conn:
+            await conn.execute(statement, params)
+    assert getattr(caught.value.orig, "sqlstate", None) == "42501"  # RLS WITH CHECK violation
+    assert all_ids(admin, "spark_embeddings") == before
+
+
+class _Rollback(Exception):
+    pass
+
+
+async def test_row_level_security_accepts_knowledge_inserts_by_an_editor_member(
+    runtime: Runtime, admin: sa.Engine
+) -> None:
+    """Spec-required (seed 000): an editor may train; the control for the refusals above."""
+    before = all_ids(admin, "spark_embeddings")
+    statement, params = _embedding_insert(spark_id("Bob's Research Assistant"))
+    with pytest.raises(_Rollback):
+        async with runtime.database.user_transaction(demo.ALICE) as conn:
+            assert (await conn.execute(statement, params)).rowcount == 1
+            raise _Rollback
+    assert all_ids(admin, "spark_embeddings") == before
+
+
+async def test_the_tool_role_and_user_id_are_transaction_local(database_url: str) -> None:
+    """Spec-required (ARCHITECTURE lock 2, pgbouncer transaction mode): nothing outlives the transaction."""
+    database = Database(DatabaseUrl.parse(database_url), pool_size=1)
+    probe = sa.text(
+        "SELECT current_user, session_user, pg_backend_pid(), current_setting('rowscope.user_id', true)"
+    )
+    try:
+        async with database.user_transaction(demo.BOB) as conn:
+            role, login, pid, setting = (await conn.execute(probe)).one()
+        assert (role, setting) == (TOOL_ROLE, str(demo.BOB))
+        assert login != TOOL_ROLE
+        async with database.service_transaction() as conn:
+            after = (await conn.execute(probe)).one()
+        assert after[2] == pid, "the same pooled connection must be reused for this test to mean anything"
+        assert after[0] == login
+        assert after[3] in (None, "")
+        # and after a transaction that failed half-way
+        with pytest.raises(DBAPIError):
+            async with database.user_transaction(demo.BOB) as conn:
+                await conn.execute(sa.text("SELECT * FROM api_keys"))
+        async with database.engine.begin() as conn:
+            after = (await conn.execute(probe)).one()
+            rows = (await conn.execute(sa.text("SELECT count(*) FROM user_profiles"))).scalar_one()
+        assert after[2] == pid
+        assert after[0] == login
+        assert after[3] in (None, "")
+        assert rows >= 3, "the login role reads without RLS again"
+    finally:
+        await database.dispose()
+
+
+USER_TABLES = [p.values[0] for p in RLS_EXPECTED]
+
+
+@pytest.mark.parametrize("user_id", [pytest.param(None, id="unset"), pytest.param("", id="empty")])
+async def test_a_tool_transaction_without_a_user_sees_no_rows(runtime: Runtime, user_id: str | None) -> None:
+    """Spec-required (ARCHITECTURE "no tool path runs without a user"): RLS denies by default."""
+    async with runtime.database.engine.begin() as conn:
+        await conn.execute(sa.text("SELECT set_config('role', :role, true)"), {"role": TOOL_ROLE})
+        if user_id is not None:
+            await conn.execute(sa.text("SELECT set_config('rowscope.user_id', :uid, true)"), {"uid": user_id})
+        assert (await conn.execute(sa.text("SELECT current_user"))).scalar_one() == TOOL_ROLE
+        for table in USER_TABLES:
+            seen = (await conn.execute(sa.text(f"SELECT count(*) FROM {table}"))).scalar_one()
+            assert seen == 0, table
