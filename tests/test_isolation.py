@@ -10,8 +10,8 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
@@ -21,12 +21,12 @@ from sqlalchemy.exc import DBAPIError
 
 from rowscope.db.engine import TOOL_ROLE, Database, DatabaseUrl
 from rowscope.server import demo
+from rowscope.server.app import build_mcp, build_runtime
 from rowscope.server.runtime import Runtime
+from rowscope.server.settings import Settings
 from tests.conftest import USERS, structured
 
 pytestmark = pytest.mark.anyio
-
-ClientFactory = Callable[[uuid.UUID], AbstractAsyncContextManager[Client]]
 
 TEAM = demo.TEAM
 NIL = "00000000-0000-0000-0000-000000000000"
@@ -63,6 +63,36 @@ LABEL = {
 
 def _messages(user: uuid.UUID) -> set[str]:
     return {content for owner, _, _, msgs in demo.CHATS if owner == user for _, content in msgs}
+
+
+@pytest.fixture(scope="module")
+async def clients(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[dict[str, Client]]:
+    """One in-process MCP client per principal for the whole module (building one costs ~0.3 s)."""
+    settings = Settings(
+        database_url=database_url, data_dir=tmp_path_factory.mktemp("iso"), openai_api_key=None
+    )
+    async with AsyncExitStack() as stack:
+        connected: dict[str, Client] = {}
+        for name, user in USERS.items():
+            server = build_mcp(build_runtime(settings, database_url, stdio_user=user))
+            connected[name] = await stack.enter_async_context(Client(server))
+        yield connected
+
+
+@pytest.fixture(scope="module")
+async def rt(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Runtime]:
+    """A started runtime shared by the module's lock-2 tests."""
+    settings = Settings(
+        database_url=database_url, data_dir=tmp_path_factory.mktemp("rt"), openai_api_key=None
+    )
+    runtime = build_runtime(settings, database_url)
+    await runtime.start()
+    try:
+        yield runtime
+    finally:
+        await runtime.close()
 
 
 @pytest.fixture(scope="module")
@@ -136,13 +166,12 @@ ISOLATION = [
 
 @pytest.mark.parametrize(("principal", "model", "expected"), ISOLATION)
 async def test_each_principal_reads_and_counts_exactly_their_own_rows_of_each_model(
-    client_as: ClientFactory, admin: sa.Engine, principal: str, model: str, expected: set[str]
+    clients: dict[str, Client], admin: sa.Engine, principal: str, model: str, expected: set[str]
 ) -> None:
     """Spec-required (ARCHITECTURE "two locks", seed 000 Spark Access): the scope is exact."""
     user = USERS[principal]
-    async with client_as(user) as client:
-        rows = await query_all(client, model, select=["id", LABEL[model]])
-        counted = await count(client, model)
+    rows = await query_all(clients[principal], model, select=["id", LABEL[model]])
+    counted = await count(clients[principal], model)
     assert {r[LABEL[model]] for r in rows} == expected
     assert {uuid.UUID(r["id"]) for r in rows} == visible_ids(admin, model, user)
     assert len(rows) == len(expected) == counted
@@ -170,25 +199,25 @@ SPARK_ROUTES = [
 
 @pytest.mark.parametrize(("principal", "name", "visible"), SPARK_ROUTES)
 async def test_a_spark_is_readable_only_through_ownership_membership_or_team_share(
-    client_as: ClientFactory, principal: str, name: str, visible: bool
+    clients: dict[str, Client], principal: str, name: str, visible: bool
 ) -> None:
     """Spec-required (seed 000 Spark Access): owner OR member OR shared with the user's team."""
     where = {"id": str(spark_id(name))}
-    async with client_as(USERS[principal]) as client:
-        rows = await query_all(client, "Spark", where, select=["name"])
-        counted = await count(client, "Spark", where)
+    client = clients[principal]
+    rows = await query_all(client, "Spark", where, select=["name"])
+    counted = await count(client, "Spark", where)
     assert [r["name"] for r in rows] == ([name] if visible else [])
     assert counted == int(visible)
 
 
 async def test_a_team_id_without_the_shared_flag_grants_nothing_to_the_team(
-    client_as: ClientFactory,
+    clients: dict[str, Client],
 ) -> None:
     """Spec-required (seed 000): team_id alone does not share a spark; Alice reaches Bob's
     Research Assistant only as a member, so a team filter shows her only what she may read anyway."""
-    async with client_as(USERS["alice"]) as client:
-        by_team = await query_all(client, "Spark", {"team_id": str(TEAM)}, select=["name"])
-        shared = await query_all(client, "Spark", {"is_shared_with_team": True}, select=["name"])
+    client = clients["alice"]
+    by_team = await query_all(client, "Spark", {"team_id": str(TEAM)}, select=["name"])
+    shared = await query_all(client, "Spark", {"is_shared_with_team": True}, select=["name"])
     assert {r["name"] for r in by_team} == {"Studio Brand Voice", "Bob's Research Assistant"}
     assert {r["name"] for r in shared} == {"Studio Brand Voice"}
 
@@ -341,7 +370,7 @@ ADVERSARIAL = [
 
 @pytest.mark.parametrize(("model", "where", "extra", "expected_count"), ADVERSARIAL)
 async def test_adversarial_filters_never_return_another_users_rows(
-    client_as: ClientFactory,
+    clients: dict[str, Client],
     admin: sa.Engine,
     model: str,
     where: dict[str, Any] | None,
@@ -349,9 +378,9 @@ async def test_adversarial_filters_never_return_another_users_rows(
     expected_count: int,
 ) -> None:
     """Spec-required (ARCHITECTURE lock 1): filters are ANDed on top of the scope, never inside it."""
-    async with client_as(USERS["alice"]) as client:
-        rows = await query_all(client, model, where, **extra)
-        counted = await count(client, model, where) if "cursor" not in extra else None
+    client = clients["alice"]
+    rows = await query_all(client, model, where, **extra)
+    counted = await count(client, model, where) if "cursor" not in extra else None
     own = visible_ids(admin, model, demo.ALICE)
     returned = {uuid.UUID(r["id"]) for r in rows}
     assert returned <= own
@@ -361,7 +390,7 @@ async def test_adversarial_filters_never_return_another_users_rows(
 
 
 async def test_carol_outside_the_team_sees_no_northwind_spark_whatever_she_asks(
-    client_as: ClientFactory, admin: sa.Engine
+    clients: dict[str, Client],
 ) -> None:
     """Spec-required (seed 000): a user outside the team reaches no team spark."""
     northwind = [str(s["id"]) for s in demo.SPARKS if s["user_id"] != demo.CAROL]
@@ -372,10 +401,10 @@ async def test_carol_outside_the_team_sees_no_northwind_spark_whatever_she_asks(
         {"OR": [{"user_id": str(demo.ALICE)}, {"user_id": str(demo.BOB)}]},
         {"NOT": {"user_id": str(demo.CAROL)}},
     ]
-    async with client_as(USERS["carol"]) as client:
-        for where in filters:
-            assert await query_all(client, "Spark", where) == [], where
-            assert await count(client, "Spark", where) == 0, where
+    client = clients["carol"]
+    for where in filters:
+        assert await query_all(client, "Spark", where) == [], where
+        assert await count(client, "Spark", where) == 0, where
 
 
 # -- lock 2: row-level security with the compiled scope left out -------------------------------------
@@ -404,23 +433,25 @@ RLS_EXPECTED = [
 
 @pytest.mark.parametrize(("table", "expected_sql"), RLS_EXPECTED)
 async def test_row_level_security_alone_limits_an_unscoped_select_to_the_users_rows(
-    runtime: Runtime, admin: sa.Engine, table: str, expected_sql: str
+    rt: Runtime, admin: sa.Engine, table: str, expected_sql: str
 ) -> None:
     """Spec-required (ARCHITECTURE lock 2): a bug in lock 1 must still not leak a row."""
     everything = all_ids(admin, table)
+    hidden_from_someone = False
     for user in USERS.values():
         with admin.connect() as conn:
             expected = set(conn.execute(sa.text(expected_sql), {"uid": user}).scalars())
-        async with runtime.database.user_transaction(user) as conn:
+        async with rt.database.user_transaction(user) as conn:
             seen = set((await conn.execute(sa.text(f"SELECT id FROM {table}"))).scalars())
         assert seen == expected, (table, user)
-        assert expected < everything, "the table must hold rows of others for this test to mean anything"
+        hidden_from_someone |= expected < everything
+    assert hidden_from_someone, "some user must be denied some row for this test to mean anything"
 
 
-async def test_api_keys_are_not_readable_by_the_tool_role(runtime: Runtime) -> None:
+async def test_api_keys_are_not_readable_by_the_tool_role(rt: Runtime) -> None:
     """Our choice (migration 0002): tools get no grant on api_keys at all."""
     with pytest.raises(DBAPIError) as caught:
-        async with runtime.database.user_transaction(demo.ALICE) as conn:
+        async with rt.database.user_transaction(demo.ALICE) as conn:
             await conn.execute(sa.text("SELECT key_hash FROM api_keys"))
     assert getattr(caught.value.orig, "sqlstate", None) == "42501"  # insufficient_privilege
 
@@ -445,13 +476,13 @@ def _embedding_insert(spark: uuid.UUID) -> tuple[Any, dict[str, Any]]:
     ],
 )
 async def test_row_level_security_refuses_knowledge_inserts_into_sparks_the_user_cannot_write(
-    runtime: Runtime, admin: sa.Engine, principal: str, spark: str
+    rt: Runtime, admin: sa.Engine, principal: str, spark: str
 ) -> None:
     """Spec-required (seed 000 / ARCHITECTURE lock 2): only owners and editors may train a spark."""
     before = all_ids(admin, "spark_embeddings")
     statement, params = _embedding_insert(spark_id(spark))
     with pytest.raises(DBAPIError) as caught:
-        async with runtime.database.user_transaction(USERS[principal]) as conn:
+        async with rt.database.user_transaction(USERS[principal]) as conn:
             await conn.execute(statement, params)
     assert getattr(caught.value.orig, "sqlstate", None) == "42501"  # RLS WITH CHECK violation
     assert all_ids(admin, "spark_embeddings") == before
@@ -462,13 +493,13 @@ class _Rollback(Exception):
 
 
 async def test_row_level_security_accepts_knowledge_inserts_by_an_editor_member(
-    runtime: Runtime, admin: sa.Engine
+    rt: Runtime, admin: sa.Engine
 ) -> None:
     """Spec-required (seed 000): an editor may train; the control for the refusals above."""
     before = all_ids(admin, "spark_embeddings")
     statement, params = _embedding_insert(spark_id("Bob's Research Assistant"))
     with pytest.raises(_Rollback):
-        async with runtime.database.user_transaction(demo.ALICE) as conn:
+        async with rt.database.user_transaction(demo.ALICE) as conn:
             assert (await conn.execute(statement, params)).rowcount == 1
             raise _Rollback
     assert all_ids(admin, "spark_embeddings") == before
@@ -509,9 +540,9 @@ USER_TABLES = [p.values[0] for p in RLS_EXPECTED]
 
 
 @pytest.mark.parametrize("user_id", [pytest.param(None, id="unset"), pytest.param("", id="empty")])
-async def test_a_tool_transaction_without_a_user_sees_no_rows(runtime: Runtime, user_id: str | None) -> None:
+async def test_a_tool_transaction_without_a_user_sees_no_rows(rt: Runtime, user_id: str | None) -> None:
     """Spec-required (ARCHITECTURE "no tool path runs without a user"): RLS denies by default."""
-    async with runtime.database.engine.begin() as conn:
+    async with rt.database.engine.begin() as conn:
         await conn.execute(sa.text("SELECT set_config('role', :role, true)"), {"role": TOOL_ROLE})
         if user_id is not None:
             await conn.execute(sa.text("SELECT set_config('rowscope.user_id', :uid, true)"), {"uid": user_id})
@@ -519,3 +550,16 @@ async def test_a_tool_transaction_without_a_user_sees_no_rows(runtime: Runtime, 
         for table in USER_TABLES:
             seen = (await conn.execute(sa.text(f"SELECT count(*) FROM {table}"))).scalar_one()
             assert seen == 0, table
+
+
+@pytest.mark.parametrize("model", list(VISIBLE_SQL))
+async def test_the_compiled_scope_alone_selects_exactly_the_users_rows(
+    rt: Runtime, admin: sa.Engine, model: str
+) -> None:
+    """Spec-required (ARCHITECTURE lock 1): run as the superuser, so RLS cannot mask a scope bug."""
+    exposed = rt.policy.models[model]
+    for user in USERS.values():
+        statement = sa.select(exposed.table.c.id).where(rt.policy.model_scope(model, user, exposed.table))
+        with admin.connect() as conn:
+            got = set(conn.execute(statement).scalars())
+        assert got == visible_ids(admin, model, user), (model, user)

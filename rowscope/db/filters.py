@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, and_, false, func, not_, or_, true
+from sqlalchemy import Column, ColumnElement, and_, false, func, literal, not_, or_, true
 from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects import postgresql
 
@@ -264,7 +264,8 @@ class WhereCompiler:
         if converted is None:
             raise FilterError(f"{op} needs a value, not null")
         ops = {"lt": "__lt__", "lte": "__le__", "gt": "__gt__", "gte": "__ge__"}
-        return getattr(target, ops[op])(converted)  # type: ignore[no-any-return]
+        # Bound explicitly: SQLAlchemy refuses ``<`` / ``>`` against a bare Python True/False.
+        return getattr(target, ops[op])(literal(converted, column.type))  # type: ignore[no-any-return]
 
 
 def column_lower(column: Column[Any]) -> Any:
@@ -310,7 +311,8 @@ def after_cursor(
     alternatives: list[ColumnElement[bool]] = []
     for i, (field, direction) in enumerate(order):
         column = columns[field]
-        value = None if values[i] is None else _cursor_value(column, field, values[i])
+        # Bound explicitly: SQLAlchemy refuses ``<`` / ``>`` against a bare Python True/False.
+        value = None if values[i] is None else literal(_cursor_value(column, field, values[i]), column.type)
         ties = [
             columns[f].is_(None) if v is None else columns[f] == _cursor_value(columns[f], f, v)
             for (f, _), v in zip(order[:i], values[:i], strict=True)

@@ -189,3 +189,119 @@ class ApiKey(Timestamps, Base):
     key_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+# -- OAuth 2.1 authorization server ---------------------------------------------------------------
+# Codes, tokens, session ids and client secrets are stored only as SHA-256 hashes: they are random
+# (256 bits), so a fast hash leaves nothing to brute-force, and lookups stay one index probe.
+
+
+class UserIdentity(Timestamps, Base):
+    """An upstream OpenID Connect subject signed in as a rowscope user."""
+
+    __tablename__ = "user_identities"
+    __table_args__ = (UniqueConstraint("provider", "subject"),)
+    id: Mapped[uuid.UUID] = _id()
+    user_id: Mapped[uuid.UUID] = _user_fk()
+    provider: Mapped[str] = mapped_column(String(200), nullable=False)
+    subject: Mapped[str] = mapped_column(String(255), nullable=False)
+
+
+class UserCredential(Timestamps, Base):
+    """A local account's password (argon2id). Kept out of user_profiles so no tool can ever see it."""
+
+    __tablename__ = "user_credentials"
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("user_profiles.id", ondelete="CASCADE"), primary_key=True
+    )
+    password_hash: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class OAuthClient(Timestamps, Base):
+    __tablename__ = "oauth_clients"
+    id: Mapped[uuid.UUID] = _id()
+    # A uuid for registered clients; the document URL for Client ID Metadata Document clients.
+    client_id: Mapped[str] = mapped_column(String(2048), nullable=False, unique=True)
+    secret_hash: Mapped[str | None] = mapped_column(String(64))
+    client_name: Mapped[str] = mapped_column(String(200), nullable=False)
+    redirect_uris: Mapped[list[str]] = mapped_column(JSONB, nullable=False)
+    grant_types: Mapped[list[str]] = mapped_column(JSONB, nullable=False)
+    token_endpoint_auth_method: Mapped[str] = mapped_column(String(32), nullable=False)
+    scope: Mapped[str | None] = mapped_column(Text)
+    # "registered" (RFC 7591) or "document" (a fetched Client ID Metadata Document, cached here).
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    client_metadata: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class OAuthCode(Base):
+    __tablename__ = "oauth_codes"
+    id: Mapped[uuid.UUID] = _id()
+    code_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    client_id: Mapped[str] = mapped_column(
+        String(2048), ForeignKey("oauth_clients.client_id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    user_id: Mapped[uuid.UUID] = _user_fk()
+    redirect_uri: Mapped[str] = mapped_column(Text, nullable=False)
+    scope: Mapped[str] = mapped_column(Text, nullable=False)
+    resource: Mapped[str] = mapped_column(Text, nullable=False)
+    code_challenge: Mapped[str] = mapped_column(String(128), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class OAuthToken(Base):
+    """One access token and, usually, its refresh token. Refreshing rotates both into a new row of
+    the same family; presenting a rotated refresh token again revokes the whole family."""
+
+    __tablename__ = "oauth_tokens"
+    id: Mapped[uuid.UUID] = _id()
+    family_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False, index=True)
+    code_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), index=True)
+    client_id: Mapped[str] = mapped_column(
+        String(2048), ForeignKey("oauth_clients.client_id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    user_id: Mapped[uuid.UUID] = _user_fk()
+    scope: Mapped[str] = mapped_column(Text, nullable=False)
+    resource: Mapped[str] = mapped_column(Text, nullable=False)
+    access_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    access_expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    refresh_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    refresh_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    rotated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class OAuthConsent(Timestamps, Base):
+    """What a user approved for a client; asked again only for scopes beyond it."""
+
+    __tablename__ = "oauth_consents"
+    __table_args__ = (UniqueConstraint("user_id", "client_id"),)
+    id: Mapped[uuid.UUID] = _id()
+    user_id: Mapped[uuid.UUID] = _user_fk()
+    client_id: Mapped[str] = mapped_column(
+        String(2048), ForeignKey("oauth_clients.client_id", ondelete="CASCADE"), nullable=False
+    )
+    scope: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class AuthSession(Base):
+    """A browser's sign-in on rowscope's own pages (sign-in, consent, connections)."""
+
+    __tablename__ = "auth_sessions"
+    id: Mapped[uuid.UUID] = _id()
+    token_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    user_id: Mapped[uuid.UUID] = _user_fk()
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)

@@ -150,8 +150,11 @@ class PolicyFile(_Strict):
     @model_validator(mode="after")
     def _references_resolve(self) -> PolicyFile:
         def check(rule: Rule, where: str, seen: tuple[str, ...]) -> None:
-            if isinstance(rule, AccessRule) and rule.access not in self.access:
-                raise ValueError(f"{where}: unknown access rule {rule.access!r}")
+            # ``seen`` holds the models (by name) and access rules (as ``access.NAME``) being
+            # expanded, so a rule that reaches itself again is refused here rather than
+            # recursing forever when it is compiled.
+            if isinstance(rule, AccessRule):
+                check_access(rule.access, where, seen)
             if isinstance(rule, ParentRule):
                 target = rule.parent.model or rule.parent.access
                 assert target is not None
@@ -161,13 +164,20 @@ class PolicyFile(_Strict):
                     if target in seen:
                         raise ValueError(f"{where}: parent chain loops through {target!r}")
                     check(self.models[target].scope, f"models.{target}", (*seen, target))
-                elif target not in self.access:
-                    raise ValueError(f"{where}: unknown access rule {target!r}")
+                else:
+                    check_access(target, where, seen)
             for child in _children(rule):
                 check(child, where, seen)
 
+        def check_access(name: str, where: str, seen: tuple[str, ...]) -> None:
+            if name not in self.access:
+                raise ValueError(f"{where}: unknown access rule {name!r}")
+            if f"access.{name}" in seen:
+                raise ValueError(f"{where}: access rule {name!r} refers back to itself")
+            check(self.access[name].read, f"access.{name}.read", (*seen, f"access.{name}"))
+
         for name, spec in self.access.items():
-            check(spec.read, f"access.{name}.read", ())
+            check(spec.read, f"access.{name}.read", (f"access.{name}",))
             check(spec.write, f"access.{name}.write", ())
         for name, model in self.models.items():
             if model.primary_key not in model.columns:
@@ -254,6 +264,13 @@ class CompiledPolicy:
                 primary_key=spec.primary_key,
                 description=spec.description,
             )
+        for name, spec in policy.models.items():
+            self._require_rule(spec.scope, self._tables[spec.table], f"models.{name}")
+        for name, access in policy.access.items():
+            access_table = self._tables[access.table]
+            self._require(access_table, [access.key], f"access.{name}")
+            self._require_rule(access.read, access_table, f"access.{name}.read")
+            self._require_rule(access.write, access_table, f"access.{name}.write")
         for rule in policy._all_rules():
             if isinstance(rule, MemberRule):
                 m = rule.member
@@ -282,6 +299,30 @@ class CompiledPolicy:
         absent = [c for c in columns if c not in table.c]
         if absent:
             raise PolicyError(f"{where}: table {table.name} has no column(s) {', '.join(absent)}")
+
+    def _require_rule(self, rule: Rule, table: Table, where: str) -> None:
+        """Every column a rule names on the row's table (and its parent's) exists, so a policy that
+        does not match the database fails on start instead of on the first query."""
+        if isinstance(rule, OwnerRule):
+            self._require(table, [rule.owner], where)
+        elif isinstance(rule, FlagRule):
+            self._require(table, [rule.flag], where)
+        elif isinstance(rule, MemberRule):
+            self._require(table, [rule.member.on], where)
+        elif isinstance(rule, ParentRule):
+            p = rule.parent
+            self._require(table, [p.column], where)
+            if p.model is not None:
+                parent = self._tables[self.policy.models[p.model].table]
+            else:
+                assert p.access is not None
+                parent = self._tables[self.policy.access[p.access].table]
+            self._require(parent, [p.references], where)
+        elif isinstance(rule, AccessRule):
+            # The access rule is applied to this row, so its columns must exist on this table.
+            self._require_rule(self.policy.access[rule.access].read, table, where)
+        for child in _children(rule):
+            self._require_rule(child, table, where)
 
     def table(self, name: str) -> Table:
         return self._tables[name]

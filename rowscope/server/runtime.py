@@ -43,9 +43,10 @@ class Runtime:
         import pgvector.sqlalchemy  # noqa: F401  (teaches reflection the vector type)
 
         metadata = MetaData()
-        tables = sorted(self.policy_file.table_names())
+        tables = self.policy_file.table_names()
         async with self.database.engine.connect() as conn:
-            await conn.run_sync(lambda sync: metadata.reflect(sync, only=tables))
+            # A callable `only` skips absent tables, so CompiledPolicy can name them in its error.
+            await conn.run_sync(lambda sync: metadata.reflect(sync, only=lambda name, _: name in tables))
         self._policy = CompiledPolicy(self.policy_file, metadata)
 
     async def close(self) -> None:
