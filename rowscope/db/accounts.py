@@ -81,8 +81,17 @@ async def create_key(conn: AsyncConnection, email: str, name: str) -> tuple[uuid
 
 
 async def list_keys(conn: AsyncConnection, email: str | None = None) -> list[KeyInfo]:
+    # Columns, not the ApiKey entity: on a Core connection an entity expands to all of its columns.
     statement = (
-        select(ApiKey, UserProfile.email)
+        select(
+            ApiKey.id,
+            UserProfile.email,
+            ApiKey.name,
+            ApiKey.prefix,
+            ApiKey.created_at,
+            ApiKey.last_used_at,
+            ApiKey.revoked_at,
+        )
         .join(UserProfile, UserProfile.id == ApiKey.user_id)
         .order_by(ApiKey.created_at)
     )
@@ -90,7 +99,8 @@ async def list_keys(conn: AsyncConnection, email: str | None = None) -> list[Key
         statement = statement.where(UserProfile.email == normalise_email(email))
     rows = (await conn.execute(statement)).all()
     return [
-        KeyInfo(k.id, mail, k.name, k.prefix, k.created_at, k.last_used_at, k.revoked_at) for k, mail in rows
+        KeyInfo(key_id, mail, name, prefix, created, used, revoked)
+        for key_id, mail, name, prefix, created, used, revoked in rows
     ]
 
 

@@ -16,6 +16,7 @@ from types import FrameType
 from typing import Any
 
 import anyio
+from pydantic import ValidationError
 
 from rowscope import __version__
 from rowscope.db import accounts, migrate
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings(**overrides)
         return COMMANDS[args.command](settings, args)
-    except (DatabaseSetupError, AccountError, PolicyError, ValueError) as exc:
+    except (DatabaseSetupError, AccountError, PolicyError, ValidationError) as exc:
         print(f"rowscope: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

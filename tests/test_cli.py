@@ -1,0 +1,286 @@
+"""The ``rowscope`` console script as an operator runs it: against a fresh, empty database named
+by DATABASE_URL, against the embedded default (no DATABASE_URL), and through the README's
+quickstart (``scripts/serve``)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import httpx2
+import psycopg
+import pytest
+from alembic import command
+from mcp.client import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from rowscope.auth.verifier import RowscopeVerifier
+from rowscope.db import migrate
+from rowscope.db.engine import Database, DatabaseUrl
+from tests.conftest import structured
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+ROWSCOPE = str(Path(sys.executable).with_name("rowscope"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The test's environment without any rowscope setting, so the child reads only ``extra``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("ROWSCOPE_") and k not in {"DATABASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL"}
+    }
+    return env | extra
+
+
+def rowscope(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [ROWSCOPE, *args], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120
+    )
+
+
+def libpq(url: str) -> str:
+    """The SQLAlchemy URL as a libpq one for psycopg (``postgresql://``, the socket in ``?host=``)."""
+    return DatabaseUrl.parse(url).sqlalchemy.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def on_database(url: str, name: str) -> str:
+    """The same server, user and options as ``url``, but the database ``name``."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
+
+
+def postgres_pids(pgdata: Path) -> list[int]:
+    """Live PostgreSQL processes serving ``pgdata`` (a zombie has no command line left)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"-D" in cmdline and os.fsencode(pgdata) in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+def wait_until_stopped(pgdata: Path, seconds: float = 20) -> None:
+    """The embedded server stops when the last rowscope process holding it exits: wait (bounded) on
+    each of its processes' exit through a pidfd, then check it left no postmaster.pid behind."""
+    deadline = time.monotonic() + seconds
+    for pid in postgres_pids(pgdata):
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        try:
+            exited, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        finally:
+            os.close(fd)
+        assert exited, f"the embedded PostgreSQL in {pgdata} is still running (pid {pid})"
+    assert not (pgdata / "postmaster.pid").exists()
+
+
+@pytest.fixture
+def fresh_url(database_url: str) -> Iterator[str]:
+    """A new, empty database on the test server (nothing migrated), dropped afterwards."""
+    name = f"rowscope_cli_{secrets.token_hex(4)}"
+    admin = libpq(on_database(database_url, "postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield on_database(database_url, name)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def migrated_url(fresh_url: str) -> str:
+    done = rowscope("migrate", env=child_env(DATABASE_URL=fresh_url))
+    assert done.returncode == 0, done.stderr
+    return fresh_url
+
+
+def test_serve_on_an_unmigrated_database_exits_non_zero_and_says_to_run_migrate(fresh_url: str) -> None:
+    """Our choice: refuse to serve on a schema that is behind, rather than fail on the first tool call."""
+    done = rowscope("serve", "--port", str(free_port()), env=child_env(DATABASE_URL=fresh_url))
+    assert done.returncode != 0
+    assert "rowscope migrate" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_migrate_brings_an_empty_database_to_head_and_is_idempotent(fresh_url: str) -> None:
+    """Our choice: `rowscope migrate` is safe to run on every deploy."""
+    env = child_env(DATABASE_URL=fresh_url)
+    first, second = rowscope("migrate", env=env), rowscope("migrate", env=env)
+    assert (first.returncode, second.returncode) == (0, 0), first.stderr + second.stderr
+    assert first.stdout == second.stdout == "database is at the newest schema\n"
+    assert migrate.pending(fresh_url) is False
+
+
+def test_the_models_and_the_migrations_do_not_drift(migrated_url: str) -> None:
+    """Our choice (STYLE.md 7): `alembic check` after `upgrade head` finds nothing to autogenerate."""
+    command.check(migrate.alembic_config(DatabaseUrl.parse(migrated_url).sqlalchemy))
+
+
+def test_keys_create_prints_only_the_key_and_the_database_keeps_only_its_sha256(migrated_url: str) -> None:
+    """Our choice: the key is shown once on stdout (scriptable); the database stores a hash, never the key."""
+    env = child_env(DATABASE_URL=migrated_url)
+    assert rowscope("users", "add", "dana@example.com", env=env).returncode == 0
+    done = rowscope("keys", "create", "--user", "dana@example.com", env=env)
+    assert done.returncode == 0, done.stderr
+    key = done.stdout.strip()
+    assert done.stdout == f"{key}\n"
+    assert re.fullmatch(r"rsk_[A-Za-z0-9_-]{40,}", key)
+    assert key not in done.stderr
+    with psycopg.connect(libpq(migrated_url)) as conn:
+        rows = conn.execute("SELECT * FROM api_keys").fetchall()
+        names = [c.name for c in conn.execute("SELECT * FROM api_keys LIMIT 0").description or []]
+    assert len(rows) == 1
+    stored = dict(zip(names, rows[0], strict=True))
+    assert stored["key_hash"] == hashlib.sha256(key.encode()).hexdigest()
+    assert not any(key in str(value) for value in stored.values())
+    assert key.startswith(stored["prefix"])
+
+
+def test_keys_list_shows_the_prefix_and_never_the_key(migrated_url: str) -> None:
+    """Our choice: a listing tells keys apart by their first characters only."""
+    env = child_env(DATABASE_URL=migrated_url)
+    rowscope("users", "add", "erin@example.com", env=env)
+    key = rowscope("keys", "create", "--user", "erin@example.com", "--name", "laptop", env=env).stdout.strip()
+    listing = rowscope("keys", "list", env=env)
+    assert listing.returncode == 0, listing.stderr
+    (line,) = listing.stdout.splitlines()
+    assert key[:12] in line
+    assert "erin@example.com" in line and "laptop" in line and "live" in line
+    assert key not in listing.stdout
+    assert key[:13] not in listing.stdout
+
+
+async def test_keys_revoke_makes_the_verifier_reject_the_key(migrated_url: str) -> None:
+    """Our choice: revocation takes effect on the next request (keys are looked up on every call)."""
+    env = child_env(DATABASE_URL=migrated_url)
+    added = await anyio.run_process([ROWSCOPE, "users", "add", "fred@example.com"], env=env)
+    user_id = added.stdout.decode().split()[-1]
+    key = (
+        await anyio.run_process([ROWSCOPE, "keys", "create", "--user", "fred@example.com"], env=env)
+    ).stdout
+    key_text = key.decode().strip()
+    listing = (
+        await anyio.run_process([ROWSCOPE, "keys", "list", "--user", "fred@example.com"], env=env)
+    ).stdout
+    key_id = listing.decode().split()[0]
+
+    database = Database(DatabaseUrl.parse(migrated_url), pool_size=1)
+    verifier = RowscopeVerifier(database, "http://127.0.0.1:8000/mcp")
+    try:
+        before = await verifier.verify_token(key_text)
+        assert before is not None and before.subject == user_id
+        revoked = await anyio.run_process([ROWSCOPE, "keys", "revoke", key_id], env=env)
+        assert revoked.stdout.decode() == f"revoked {uuid.UUID(key_id)}\n"
+        assert await verifier.verify_token(key_text) is None
+    finally:
+        await database.dispose()
+    again = await anyio.run_process([ROWSCOPE, "keys", "revoke", key_id], env=env, check=False)
+    assert again.returncode != 0  # revoking twice is an operator error, not a silent success
+
+
+def test_with_no_database_url_the_cli_starts_and_migrates_the_embedded_postgres(tmp_path: Path) -> None:
+    """Our choice: the embedded PostgreSQL is the zero-setup default, and stops when rowscope exits."""
+    done = rowscope("users", "add", "x@example.com", env=child_env(ROWSCOPE_DATA_DIR=str(tmp_path)))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("x@example.com ")
+    assert (tmp_path / "pgdata" / "PG_VERSION").exists()
+    wait_until_stopped(tmp_path / "pgdata")
+
+
+def test_the_embedded_start_benchmark_runs(tmp_path: Path) -> None:
+    """Our choice: bench/ scripts are exercised so they cannot rot."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "embedded_start.py"), "--smoke"],
+        env=child_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^cold\s+\d+\.\d+\s+\d+\.\d+$", done.stdout, re.MULTILINE)
+    assert re.search(r"^warm\s+\d+\.\d+\s+\d+\.\d+$", done.stdout, re.MULTILINE)
+
+
+def test_the_readme_quickstart_serves_the_demo_to_the_printed_key_and_stops_cleanly(tmp_path: Path) -> None:
+    """Our choice (STYLE.md 11): the quickstart works as written, and SIGTERM leaves nothing running."""
+    port = free_port()
+    stdout, stderr = tmp_path / "serve.out", tmp_path / "serve.err"
+    data_dir = tmp_path / "data"
+    with stdout.open("w") as out, stderr.open("w") as err:
+        proc = subprocess.Popen(
+            [str(REPO / "scripts" / "serve"), "--port", str(port)],
+            cwd=REPO,
+            env=child_env(ROWSCOPE_DATA_DIR=str(data_dir)),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,  # its own process group, so the whole tree can be stopped
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        key = None
+        deadline = time.monotonic() + 60
+        with httpx2.Client(timeout=2) as http:
+            while True:
+                key = key or next((ln for ln in stdout.read_text().split() if ln.startswith("rsk_")), None)
+                if key is not None:
+                    try:
+                        if http.get(f"{base_url}/health").status_code == 200:
+                            break
+                    except httpx2.TransportError:
+                        pass
+                assert time.monotonic() < deadline, f"quickstart did not come up:\n{stderr.read_text()}"
+                try:  # paces the poll, and notices a script that died
+                    code = proc.wait(timeout=0.2)
+                except subprocess.TimeoutExpired:
+                    continue
+                pytest.fail(f"scripts/serve exited with {code}:\n{stdout.read_text()}\n{stderr.read_text()}")
+
+        async def call() -> dict[str, object]:
+            headers = {"Authorization": f"Bearer {key}"}
+            async with (
+                httpx2.AsyncClient(headers=headers, timeout=30) as h,
+                Client(streamable_http_client(f"{base_url}/mcp", http_client=h)) as client,
+            ):
+                return structured(await client.call_tool("list_sparks", {}))
+
+        sparks = anyio.run(call)
+        assert len(sparks["sparks"]) == 3  # type: ignore[arg-type]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    assert code == 128 + signal.SIGTERM
+    wait_until_stopped(data_dir / "pgdata")
+    assert key not in stderr.read_text()  # the key goes to stdout only, never into the logs
