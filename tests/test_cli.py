@@ -10,7 +10,6 @@ import re
 import secrets
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,27 +30,11 @@ from rowscope.auth.verifier import RowscopeVerifier
 from rowscope.db import migrate
 from rowscope.db.engine import Database, DatabaseUrl
 from tests.conftest import structured
+from tests.servers import ROWSCOPE, child_env, free_port
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
-ROWSCOPE = str(Path(sys.executable).with_name("rowscope"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """The test's environment without any rowscope setting, so the child reads only ``extra``."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("ROWSCOPE_") and k not in {"DATABASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL"}
-    }
-    return env | extra
 
 
 def rowscope(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -3,16 +3,10 @@ driven by the SDK's client for the tools and by raw HTTP for status codes and he
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import anyio
 import httpx2
@@ -27,28 +21,12 @@ from rowscope.db.models import ApiKey
 from rowscope.server import demo
 from rowscope.tools import TOOLS
 from tests.conftest import error_text, structured
+from tests.servers import serve
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
-ROWSCOPE = str(Path(sys.executable).with_name("rowscope"))
 SPARKS = {s["name"]: s for s in demo.SPARKS}
 ALICE_COACH = str(SPARKS["Alice's Writing Coach"]["id"])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """The test's environment without any rowscope setting, so the child reads only ``extra``."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("ROWSCOPE_") and k not in {"DATABASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL"}
-    }
-    return env | extra
 
 
 @dataclass(frozen=True)
@@ -98,36 +76,8 @@ def keys(database_url: str) -> Iterator[Keys]:
 @pytest.fixture(scope="module")
 def base_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``rowscope serve --port N`` in a child process, up once GET /health answers."""
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
-    url = f"http://127.0.0.1:{port}"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [ROWSCOPE, "serve", "--port", str(port)],
-            env=child_env(DATABASE_URL=database_url),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        with httpx2.Client(timeout=2) as http:
-            while True:
-                try:
-                    if http.get(f"{url}/health").status_code == 200:
-                        break
-                except httpx2.TransportError:
-                    pass
-                assert time.monotonic() < deadline, f"rowscope serve did not come up:\n{log_path.read_text()}"
-                try:  # paces the poll, and notices a server that died
-                    code = proc.wait(timeout=0.1)
-                except subprocess.TimeoutExpired:
-                    continue
-                pytest.fail(f"rowscope serve exited with {code}:\n{log_path.read_text()}")
+    with serve(database_url, tmp_path_factory.mktemp("serve")) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
 
 
 @asynccontextmanager

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
-from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
@@ -22,13 +21,17 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
 from rowscope import __version__
-from rowscope.auth.verifier import READ_SCOPE, RowscopeVerifier
+from rowscope.auth import authorize, metadata, register, revoke, token
+from rowscope.auth.cimd import ClientDocumentFetcher
+from rowscope.auth.context import AuthContext
+from rowscope.auth.resource import BearerGuard
+from rowscope.auth.verifier import RowscopeVerifier
 from rowscope.db.engine import Database, DatabaseUrl
 from rowscope.db.policy import load_policy
 from rowscope.embeddings import build_embedder
 from rowscope.server.runtime import Runtime
 from rowscope.server.settings import Settings
-from rowscope.tools import register_tools
+from rowscope.tools import TOOLS, register_tools
 
 INSTRUCTIONS = (
     "rowscope gives you the signed-in user's own data: query_records / count_records read their "
@@ -55,7 +58,7 @@ def build_runtime(settings: Settings, database_url: str, *, stdio_user: uuid.UUI
     )
 
 
-def build_mcp(runtime: Runtime, *, verifier: RowscopeVerifier | None = None) -> MCPServer[Runtime]:
+def build_mcp(runtime: Runtime) -> MCPServer[Runtime]:
     @contextlib.asynccontextmanager
     async def lifespan(_: MCPServer[Runtime]) -> AsyncIterator[Runtime]:
         await runtime.start()
@@ -64,32 +67,21 @@ def build_mcp(runtime: Runtime, *, verifier: RowscopeVerifier | None = None) -> 
         finally:
             await runtime.close()
 
-    auth = None
-    if verifier is not None:
-        settings = runtime.settings
-        auth = AuthSettings(
-            issuer_url=settings.base_url,
-            resource_server_url=settings.resource_url,
-            required_scopes=[READ_SCOPE],
-            validate_token_resource=True,
-        )
     server: MCPServer[Runtime] = MCPServer(
         "rowscope",
         title="rowscope",
         version=__version__,
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
-        token_verifier=verifier,
-        auth=auth,
     )
     register_tools(server, runtime.policy_file)
     return server
 
 
 def build_http_app(runtime: Runtime) -> Starlette:
+    """rowscope over HTTP: its OAuth 2.1 authorization server and, behind the bearer guard, MCP."""
     settings = runtime.settings
-    verifier = RowscopeVerifier(runtime.database, settings.resource_url)
-    server = build_mcp(runtime, verifier=verifier)
+    server = build_mcp(runtime)
     public_host = urlsplit(settings.base_url).netloc
     security = TransportSecuritySettings(
         enable_dns_rebinding_protection=True,
@@ -105,6 +97,15 @@ def build_http_app(runtime: Runtime) -> Starlette:
         transport_security=security,
         host=settings.host,
     )
+    fetcher = ClientDocumentFetcher(allow_private_addresses=settings.allow_private_client_documents)
+    auth = AuthContext(settings=settings, database=runtime.database, fetcher=fetcher)
+    guarded = BearerGuard(
+        mcp_app,
+        RowscopeVerifier(runtime.database, settings.resource_url),
+        resource_url=settings.resource_url,
+        metadata_url=f"{settings.base_url}/.well-known/oauth-protected-resource/mcp",
+        write_tools=frozenset(spec.fn.__name__ for spec in TOOLS if spec.writes),
+    )
 
     async def health(_: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "version": __version__})
@@ -112,6 +113,18 @@ def build_http_app(runtime: Runtime) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[dict[str, Any]]:
         async with server.session_manager.run():
-            yield {}
+            try:
+                yield {}
+            finally:
+                await fetcher.aclose()
 
-    return Starlette(routes=[Route("/health", health), Mount("/", app=mcp_app)], lifespan=lifespan)
+    routes = [
+        Route("/health", health),
+        *metadata.routes(auth),
+        *register.routes(auth),
+        *authorize.routes(auth),
+        *token.routes(auth),
+        *revoke.routes(auth),
+        Mount("/", app=guarded),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

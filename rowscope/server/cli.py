@@ -7,6 +7,8 @@ nothing else reads the environment.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import getpass
 import logging
 import signal
 import sys
@@ -19,6 +21,8 @@ import anyio
 from pydantic import ValidationError
 
 from rowscope import __version__
+from rowscope.auth import store
+from rowscope.auth.passwords import PasswordError, set_password
 from rowscope.db import accounts, migrate
 from rowscope.db.accounts import AccountError
 from rowscope.db.engine import Database, DatabaseUrl
@@ -50,6 +54,23 @@ def _parser() -> argparse.ArgumentParser:
     add = users.add_parser("add", help="create a user")
     add.add_argument("email")
     add.add_argument("--name", help="display name")
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read a sign-in password from standard input"
+    )
+    passwd = users.add_parser("passwd", help="set a user's sign-in password (read from standard input)")
+    passwd.add_argument("email")
+
+    clients = sub.add_parser("clients", help="manage OAuth clients").add_subparsers(
+        dest="action", required=True
+    )
+    clients.add_parser("list", help="list OAuth clients")
+    client_revoke = clients.add_parser("revoke", help="revoke a client and every token it holds")
+    client_revoke.add_argument("client_id")
+    clients.add_parser("prune", help="delete stale dynamically registered clients")
+
+    tokens = sub.add_parser("tokens", help="manage OAuth tokens").add_subparsers(dest="action", required=True)
+    token_revoke = tokens.add_parser("revoke", help="revoke every OAuth token of a user")
+    token_revoke.add_argument("--user", required=True, metavar="EMAIL")
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", help="create an API key and print it once")
@@ -83,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings(**overrides)
         return COMMANDS[args.command](settings, args)
-    except (DatabaseSetupError, AccountError, PolicyError, ValidationError) as exc:
+    except (DatabaseSetupError, AccountError, PasswordError, PolicyError, ValidationError) as exc:
         print(f"rowscope: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -154,13 +175,61 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_password() -> str:
+    password = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else getpass.getpass("Password: ")
+    if not password:
+        raise AccountError("no password given on standard input")
+    return password
+
+
 def cmd_users(settings: Settings, args: argparse.Namespace) -> int:
+    password = _read_password() if args.action == "passwd" or args.password_stdin else None
+
     async def add(conn: Any) -> int:
         user = await accounts.add_user(conn, args.email, args.name)
+        if password is not None:
+            await set_password(conn, user, password)
         print(f"{accounts.normalise_email(args.email)} {user}")
         return 0
 
-    return _with_connection(settings, add)
+    async def passwd(conn: Any) -> int:
+        assert password is not None
+        await set_password(conn, await accounts.user_id(conn, args.email), password)
+        print(f"password set for {accounts.normalise_email(args.email)}")
+        return 0
+
+    return _with_connection(settings, {"add": add, "passwd": passwd}[args.action])
+
+
+def cmd_clients(settings: Settings, args: argparse.Namespace) -> int:
+    async def listing(conn: Any) -> int:
+        for c in await store.list_clients(conn):
+            state = "revoked" if c["revoked_at"] else "live"
+            used = f"{c['last_used_at']:%Y-%m-%d}" if c["last_used_at"] else "never"
+            print(f"{c['client_id']}  {c['client_name']}  {c['kind']}  used {used}  {state}")
+        return 0
+
+    async def revoke(conn: Any) -> int:
+        if not await store.revoke_client(conn, args.client_id):
+            raise AccountError(f"no live client {args.client_id}")
+        print(f"revoked {args.client_id} and its tokens")
+        return 0
+
+    async def prune(conn: Any) -> int:
+        removed = await store.delete_stale_clients(conn, dt.timedelta(days=settings.stale_client_days))
+        print(f"deleted {removed} stale client(s)")
+        return 0
+
+    return _with_connection(settings, {"list": listing, "revoke": revoke, "prune": prune}[args.action])
+
+
+def cmd_tokens(settings: Settings, args: argparse.Namespace) -> int:
+    async def revoke(conn: Any) -> int:
+        count = await store.revoke_user_tokens(conn, await accounts.user_id(conn, args.user))
+        print(f"revoked {count} token(s) of {accounts.normalise_email(args.user)}")
+        return 0
+
+    return _with_connection(settings, revoke)
 
 
 def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
@@ -200,6 +269,8 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "migrate": cmd_migrate,
     "users": cmd_users,
     "keys": cmd_keys,
+    "clients": cmd_clients,
+    "tokens": cmd_tokens,
     "demo": cmd_demo,
 }
 

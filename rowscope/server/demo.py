@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import delete, insert
 
+from rowscope.auth.passwords import set_password
 from rowscope.db.knowledge import KnowledgeStore
 from rowscope.db.models import (
     ChatMessage,
@@ -34,6 +35,8 @@ def _id(name: str) -> uuid.UUID:
 
 
 ALICE, BOB, CAROL = _id("alice"), _id("bob"), _id("carol")
+# The demo users sign in on rowscope's sign-in page with this password (demo data only).
+DEMO_PASSWORD = "rowscope-demo"
 TEAM = _id("team-northwind")
 
 USERS = [
@@ -184,6 +187,8 @@ async def load_demo(runtime: Runtime) -> str:
             await conn.execute(delete(UserProfile).where(UserProfile.email.in_([u["email"] for u in USERS])))
             await conn.execute(delete(Team).where(Team.id == TEAM))
             await conn.execute(insert(UserProfile), USERS)
+            for user in USERS:
+                await set_password(conn, user["id"], DEMO_PASSWORD)
             await conn.execute(insert(Team).values(id=TEAM, name="Northwind Studio", owner_id=ALICE))
             await conn.execute(
                 insert(TeamMember),
@@ -224,5 +229,6 @@ async def load_demo(runtime: Runtime) -> str:
     return (
         f"demo loaded: {len(USERS)} users, {len(SPARKS)} sparks, {len(chunk_rows)} knowledge chunks "
         f"({runtime.embedder.model}).\n"
+        f"The demo users sign in with the password {DEMO_PASSWORD!r}.\n"
         "Try: rowscope stdio --user alice@example.com   or   rowscope keys create --user alice@example.com"
     )

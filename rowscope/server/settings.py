@@ -63,6 +63,24 @@ class Settings(BaseSettings):
         ),
     )
 
+    access_token_ttl: int = Field(
+        default=3600, ge=60, le=86400, description="Access-token lifetime, seconds."
+    )
+    refresh_token_ttl: int = Field(
+        default=30 * 86400, ge=3600, description="Refresh-token lifetime, seconds (renewed on each rotation)."
+    )
+    code_ttl: int = Field(default=300, ge=30, le=600, description="Authorization-code lifetime, seconds.")
+    session_ttl: int = Field(default=12 * 3600, ge=300, description="Sign-in session lifetime, seconds.")
+    stale_client_days: int = Field(
+        default=30,
+        ge=1,
+        description="Registered clients unused this long (and holding no live token) are deleted.",
+    )
+    allow_private_client_documents: bool = Field(
+        default=False,
+        description="Fetch client metadata documents from private and loopback addresses (tests only).",
+    )
+
     max_content_chars: int = Field(
         default=2_000_000, ge=1, description="Largest text add_training_content accepts."
     )

@@ -1,0 +1,160 @@
+"""The resource server's guard in front of ``/mcp`` (MCP authorization, "Access Token Usage").
+
+* No bearer token: 401 with ``WWW-Authenticate: Bearer resource_metadata="<absolute PRM URL>",
+  scope="…"`` (RFC 9728 §5.1, RFC 6750 §3 — no ``error`` code when no token was sent, §3.1).
+* A token that is unknown, expired, revoked, or issued for another audience: 401
+  ``error="invalid_token"``. Audience is the exact ``resource`` the token was bound to
+  (RFC 8707); tokens for any other server are refused, never passed through.
+* A token without ``rowscope:read``: 403 ``insufficient_scope``. A ``tools/call`` of a tool that
+  writes, with a token lacking ``rowscope:write``: 403 ``insufficient_scope`` naming both scopes,
+  which lets clients step up (MCP authorization, "Scope Challenge Handling").
+* The database being unreachable while verifying: 503 with ``Retry-After``, not a 401 that would
+  send the user through sign-in again.
+
+The verified token is put where the MCP SDK's ``get_access_token()`` finds it, so tools read the
+user from it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from mcp.server.auth.middleware.auth_context import auth_context_var
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from starlette.authentication import AuthCredentials
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from rowscope.auth import scopes
+from rowscope.auth.verifier import RowscopeVerifier, VerifierUnavailable
+
+MAX_BODY = 4 * 1024 * 1024
+
+
+class BearerGuard:
+    def __init__(
+        self,
+        app: ASGIApp,
+        verifier: RowscopeVerifier,
+        *,
+        resource_url: str,
+        metadata_url: str,
+        write_tools: frozenset[str],
+    ) -> None:
+        self.app = app
+        self.verifier = verifier
+        self.resource_url = resource_url
+        self.metadata_url = metadata_url
+        self.write_tools = write_tools
+
+    def _challenge(self, status: int, error: str | None, description: str, scope: str) -> Response:
+        parts = [f'resource_metadata="{self.metadata_url}"', f'scope="{scope}"']
+        if error:
+            parts = [f'error="{error}"', f'error_description="{description}"', *parts]
+        body = {"error": error or "unauthorized", "error_description": description}
+        return JSONResponse(
+            body, status_code=status, headers={"WWW-Authenticate": "Bearer " + ", ".join(parts)}
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        everything = scopes.render(scopes.SUPPORTED)
+        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        kind, _, credential = header.partition(" ")
+        if kind.lower() != "bearer" or not credential.strip():
+            await self._challenge(401, None, "Authentication required", everything)(scope, receive, send)
+            return
+        try:
+            token = await self.verifier.verify_token(credential.strip())
+        except VerifierUnavailable:
+            unavailable = JSONResponse(
+                {"error": "temporarily_unavailable", "error_description": "try again shortly"},
+                status_code=503,
+                headers={"Retry-After": "2"},
+            )
+            await unavailable(scope, receive, send)
+            return
+        if not self._valid(token):
+            await self._challenge(401, "invalid_token", "The access token is not valid here", everything)(
+                scope, receive, send
+            )
+            return
+        assert token is not None
+        if scopes.READ not in token.scopes:
+            await self._challenge(403, "insufficient_scope", "Reading needs rowscope:read", everything)(
+                scope, receive, send
+            )
+            return
+        if scopes.WRITE not in token.scopes and scope.get("method") == "POST":
+            body = await _read_body(receive)
+            if body is None:
+                await JSONResponse({"error": "request body too large"}, status_code=413)(scope, receive, send)
+                return
+            if self._calls_write_tool(body):
+                await self._challenge(
+                    403, "insufficient_scope", "This tool needs rowscope:write", everything
+                )(scope, receive, send)
+                return
+            receive = _replay(body, receive)
+        user = AuthenticatedUser(token)
+        scope["user"], scope["auth"] = user, AuthCredentials(token.scopes)
+        reset = auth_context_var.set(user)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            auth_context_var.reset(reset)
+
+    def _valid(self, token: AccessToken | None) -> bool:
+        if token is None or token.resource != self.resource_url:
+            return False
+        return token.expires_at is None or token.expires_at > time.time()
+
+    def _calls_write_tool(self, body: bytes) -> bool:
+        try:
+            payload: Any = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return False  # not JSON-RPC; the MCP transport answers it with a parse error
+        messages = payload if isinstance(payload, list) else [payload]
+        return any(
+            isinstance(m, dict)
+            and m.get("method") == "tools/call"
+            and isinstance(m.get("params"), dict)
+            and m["params"].get("name") in self.write_tools
+            for m in messages
+        )
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, original: Receive) -> Receive:
+    """Hand the already-read body to the app, then pass on whatever the client sends next."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await original()
+
+    return receive
