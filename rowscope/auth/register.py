@@ -112,6 +112,7 @@ def routes(auth: AuthContext) -> list[Route]:
             answer["scope"] = row["scope"]
         if secret:
             answer |= {"client_secret": secret, "client_secret_expires_at": 0}
+        await auth.prune_stale_clients()
         return JSONResponse(answer, status_code=201, headers=NO_STORE)
 
     return [Route("/register", register, methods=["POST"])]

@@ -187,8 +187,8 @@ async def load_demo(runtime: Runtime) -> str:
             await conn.execute(delete(UserProfile).where(UserProfile.email.in_([u["email"] for u in USERS])))
             await conn.execute(delete(Team).where(Team.id == TEAM))
             await conn.execute(insert(UserProfile), USERS)
-            for user in USERS:
-                await set_password(conn, user["id"], DEMO_PASSWORD)
+            for demo_user in (ALICE, BOB, CAROL):
+                await set_password(conn, demo_user, DEMO_PASSWORD)
             await conn.execute(insert(Team).values(id=TEAM, name="Northwind Studio", owner_id=ALICE))
             await conn.execute(
                 insert(TeamMember),
