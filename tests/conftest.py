@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import psycopg
 import pytest
+import sqlalchemy as sa
 from mcp.client import Client
 
 from rowscope.db import migrate
@@ -68,6 +69,17 @@ def database_url(pg_admin: Callable[[str], str]) -> str:
     settings = Settings(database_url=url, openai_api_key=None)
     anyio.run(demo.load_demo, build_runtime(settings, url))
     return url
+
+
+@pytest.fixture(scope="session")
+def admin(database_url: str) -> Iterator[sa.Engine]:
+    """A superuser connection to the test database: sees every row; tests use it only to state
+    what is expected and to set up or clean up, never in place of the code under test."""
+    engine = sa.create_engine(database_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -93,16 +93,6 @@ async def rt(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Asy
         yield runtime
     finally:
         await runtime.close()
-
-
-@pytest.fixture(scope="module")
-def admin(database_url: str) -> Iterator[sa.Engine]:
-    """A superuser connection: sees every row, used only to state what is expected."""
-    engine = sa.create_engine(database_url)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
 
 
 def visible_ids(admin: sa.Engine, model: str, user: uuid.UUID) -> set[uuid.UUID]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -37,10 +37,8 @@ def long_text(words: int, seed: int) -> str:
 
 
 @pytest.fixture
-def engine(database_url: str) -> Iterator[sa.Engine]:
-    engine = sa.create_engine(database_url)
-    yield engine
-    engine.dispose()
+def engine(admin: sa.Engine) -> sa.Engine:
+    return admin
 
 
 def chunk_count(engine: sa.Engine, spark: uuid.UUID) -> int:

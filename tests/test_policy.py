@@ -6,7 +6,6 @@ from __future__ import annotations
 import textwrap
 import tomllib
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pgvector.sqlalchemy  # noqa: F401  (teaches reflection the vector type)
@@ -21,15 +20,6 @@ from rowscope.server.settings import Settings
 from tests.conftest import USERS, error_text, structured
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def admin(database_url: str) -> Iterator[sa.Engine]:
-    engine = sa.create_engine(database_url)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture(scope="module")

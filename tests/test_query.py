@@ -44,15 +44,6 @@ PROBES = [_probe(i) for i in range(45)]
 
 
 @pytest.fixture(scope="module")
-def admin(database_url: str) -> Iterator[sa.Engine]:
-    engine = sa.create_engine(database_url)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-
-
-@pytest.fixture(scope="module")
 def probes(admin: sa.Engine) -> Iterator[list[dict[str, Any]]]:
     """45 extra portfolio items for carol (kind "probe"), removed again after the module."""
     table = sa.table("portfolio_items", *(sa.column(c) for c in PROBES[0]))
