@@ -40,6 +40,11 @@ class DatabaseUrl:
         url = urlunsplit(("postgresql+psycopg", parts.netloc, parts.path, urlencode(query), ""))
         return cls(sqlalchemy=url, pgbouncer=pgbouncer)
 
+    @property
+    def libpq(self) -> str:
+        """The same URL for psycopg / libpq directly."""
+        return "postgresql://" + self.sqlalchemy.split("://", 1)[1]
+
 
 TOOL_ROLE = "rowscope_tool"  # created by migration 0002; NOLOGIN, NOBYPASSRLS
 
@@ -51,6 +56,7 @@ class Database:
         connect_args: dict[str, Any] = {"connect_timeout": 5}
         if url.pgbouncer:
             connect_args["prepare_threshold"] = None
+        self.url = url
         self.engine: AsyncEngine = create_async_engine(
             url.sqlalchemy,
             pool_size=pool_size,

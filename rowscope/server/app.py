@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
@@ -25,6 +26,7 @@ from rowscope.auth import authorize, metadata, register, revoke, token
 from rowscope.auth.cimd import ClientDocumentFetcher
 from rowscope.auth.context import AuthContext
 from rowscope.auth.resource import BearerGuard
+from rowscope.auth.token_cache import TokenCache
 from rowscope.auth.verifier import RowscopeVerifier
 from rowscope.db.engine import Database, DatabaseUrl
 from rowscope.db.policy import load_policy
@@ -99,9 +101,11 @@ def build_http_app(runtime: Runtime) -> Starlette:
     )
     fetcher = ClientDocumentFetcher(allow_private_addresses=settings.allow_private_client_documents)
     auth = AuthContext(settings=settings, database=runtime.database, fetcher=fetcher)
+    # LISTEN cannot work through pgbouncer in transaction mode: there, every request is verified.
+    cache = None if runtime.database.url.pgbouncer else TokenCache(runtime.database.url.libpq)
     guarded = BearerGuard(
         mcp_app,
-        RowscopeVerifier(runtime.database, settings.resource_url),
+        RowscopeVerifier(runtime.database, settings.resource_url, cache),
         resource_url=settings.resource_url,
         metadata_url=f"{settings.base_url}/.well-known/oauth-protected-resource/mcp",
         write_tools=frozenset(spec.fn.__name__ for spec in TOOLS if spec.writes),
@@ -112,10 +116,13 @@ def build_http_app(runtime: Runtime) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[dict[str, Any]]:
-        async with server.session_manager.run():
+        async with server.session_manager.run(), anyio.create_task_group() as tasks:
+            if cache is not None:
+                await tasks.start(cache.listen)
             try:
                 yield {}
             finally:
+                tasks.cancel_scope.cancel()
                 await fetcher.aclose()
 
     routes = [

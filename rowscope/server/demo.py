@@ -36,7 +36,7 @@ def _id(name: str) -> uuid.UUID:
 
 ALICE, BOB, CAROL = _id("alice"), _id("bob"), _id("carol")
 # The demo users sign in on rowscope's sign-in page with this password (demo data only).
-DEMO_PASSWORD = "rowscope-demo"
+DEMO_PASSWORD = "rowscope-demo"  # noqa: S105 (demo data, printed by `rowscope demo`)
 TEAM = _id("team-northwind")
 
 USERS = [
