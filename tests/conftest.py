@@ -26,6 +26,8 @@ from rowscope.server.app import build_mcp, build_runtime
 from rowscope.server.runtime import Runtime
 from rowscope.server.settings import Settings
 
+pytest_plugins = ["tests.oauth_server"]
+
 USERS = {"alice": demo.ALICE, "bob": demo.BOB, "carol": demo.CAROL}
 
 

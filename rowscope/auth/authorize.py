@@ -84,16 +84,17 @@ class AuthorizationRequest:
         return values
 
 
-def _single(data: ImmutableMultiDict[str, Any]) -> dict[str, str]:
-    """The request's parameters; any of them repeated is an error (RFC 6749 §3.1)."""
+def _single(data: ImmutableMultiDict[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """The request's parameters sent once, and the names of those repeated (RFC 6749 §3.1)."""
     values: dict[str, str] = {}
+    repeated: list[str] = []
     for key in PARAMS:
         found = data.getlist(key)
         if len(found) > 1:
-            raise InvalidRequest(f"{key} is repeated")
-        if found and isinstance(found[0], str):
+            repeated.append(key)
+        elif found and isinstance(found[0], str):
             values[key] = found[0]
-    return values
+    return values, repeated
 
 
 def with_query(uri: str, params: dict[str, str]) -> str:
@@ -107,10 +108,9 @@ async def validate(
 ) -> tuple[AuthorizationRequest | None, str | None, dict[str, str], OAuthError | None]:
     """(request, redirect_uri, params, error): a valid request, or the error to redirect with.
     Raises PageError while the client or redirect URI cannot be trusted."""
-    try:
-        params = _single(data)
-    except InvalidRequest as exc:
-        raise PageError(exc.description) from exc
+    params, repeated = _single(data)
+    if {"client_id", "redirect_uri"} & set(repeated):
+        raise PageError("The client_id or redirect_uri is repeated.")
     client = await find_client(conn, params.get("client_id", ""), auth.fetcher)
     if client is None:
         raise PageError("This application is not registered with rowscope.")
@@ -121,6 +121,9 @@ async def validate(
         raise PageError("The redirect URI is not one this application registered.")
     state = params.get("state")
     try:
+        # RFC 6749 §4.1.2.1: once the redirect URI is trusted, other repeats go back to the client.
+        if repeated:
+            raise InvalidRequest(f"{', '.join(repeated)} repeated")
         if state is not None and len(state) > MAX_STATE:
             raise InvalidRequest("state is too long")
         if params.get("response_type") != "code":
@@ -249,6 +252,7 @@ def routes(auth: AuthContext) -> list[Route]:
             response: Response = pages.signin_page(
                 csrf=sessions.csrf_token(fresh, "signin"),
                 return_to=safe_return_to(request.query_params.get("return_to")),
+                oidc_name=settings.oidc_name if settings.oidc_issuer else None,
             )
             sessions.set_cookie(response, settings, sessions.signin_cookie(settings), fresh, 1800)
             return response
@@ -269,6 +273,7 @@ def routes(auth: AuthContext) -> list[Route]:
                     return_to=return_to,
                     error="The email or password is not right.",
                     email=email if isinstance(email, str) else "",
+                    oidc_name=settings.oidc_name if settings.oidc_issuer else None,
                 )
             token = await store.create_session(conn, user, auth.session_ttl)
         response = RedirectResponse(return_to, status_code=303)

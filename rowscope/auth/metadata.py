@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from rowscope.auth import scopes
@@ -19,6 +19,12 @@ from rowscope.auth.clients import AUTH_METHODS
 from rowscope.auth.context import AuthContext
 
 CORS = {"Access-Control-Allow-Origin": "*", "Cache-Control": "public, max-age=3600"}
+PREFLIGHT = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, OPTIONS",
+    "Access-Control-Allow-Headers": "MCP-Protocol-Version, Content-Type",
+    "Access-Control-Max-Age": "86400",
+}
 
 
 def authorization_server_metadata(auth: AuthContext) -> dict[str, Any]:
@@ -53,14 +59,18 @@ def protected_resource_metadata(auth: AuthContext) -> dict[str, Any]:
 
 
 def routes(auth: AuthContext) -> list[Route]:
-    async def as_metadata(_: Request) -> JSONResponse:
+    async def as_metadata(request: Request) -> Response:
+        if request.method == "OPTIONS":  # a browser-based client's CORS preflight
+            return Response(status_code=204, headers=PREFLIGHT)
         return JSONResponse(authorization_server_metadata(auth), headers=CORS)
 
-    async def pr_metadata(_: Request) -> JSONResponse:
+    async def pr_metadata(request: Request) -> Response:
+        if request.method == "OPTIONS":
+            return Response(status_code=204, headers=PREFLIGHT)
         return JSONResponse(protected_resource_metadata(auth), headers=CORS)
 
     return [
-        Route("/.well-known/oauth-authorization-server", as_metadata, methods=["GET"]),
-        Route("/.well-known/oauth-protected-resource", pr_metadata, methods=["GET"]),
-        Route("/.well-known/oauth-protected-resource/mcp", pr_metadata, methods=["GET"]),
+        Route("/.well-known/oauth-authorization-server", as_metadata, methods=["GET", "OPTIONS"]),
+        Route("/.well-known/oauth-protected-resource", pr_metadata, methods=["GET", "OPTIONS"]),
+        Route("/.well-known/oauth-protected-resource/mcp", pr_metadata, methods=["GET", "OPTIONS"]),
     ]

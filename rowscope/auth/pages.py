@@ -4,7 +4,7 @@ forms with every value escaped; never framed (``frame-ancestors 'none'``, ``X-Fr
 from __future__ import annotations
 
 from html import escape
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from starlette.responses import HTMLResponse
 
@@ -46,7 +46,7 @@ def signin_page(
 ) -> HTMLResponse:
     problem = f"<p class=error role=alert>{escape(error)}</p>" if error else ""
     upstream = (
-        f"<p><a href='/signin/oidc?{escape('return_to=' + return_to)}'>Sign in with {escape(oidc_name)}</a></p>"
+        f"<p><a href='/signin/oidc?{escape(urlencode({'return_to': return_to}))}'>Sign in with {escape(oidc_name)}</a></p>"
         if oidc_name
         else ""
     )

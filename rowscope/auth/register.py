@@ -28,6 +28,7 @@ from rowscope.auth.errors import (
     OAuthError,
     error_response,
 )
+from rowscope.auth.token import post_route
 
 MAX_BODY = 64 * 1024
 GRANT_TYPES = {"authorization_code", "refresh_token"}
@@ -115,4 +116,4 @@ def routes(auth: AuthContext) -> list[Route]:
         await auth.prune_stale_clients()
         return JSONResponse(answer, status_code=201, headers=NO_STORE)
 
-    return [Route("/register", register, methods=["POST"])]
+    return [post_route("/register", register)]

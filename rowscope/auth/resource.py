@@ -60,8 +60,9 @@ class BearerGuard:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (path == "/mcp" or path.startswith("/mcp/")):
+            await self.app(scope, receive, send)  # not the MCP endpoint: the app answers 404 / 405
             return
         everything = scopes.render(scopes.SUPPORTED)
         header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")

@@ -13,7 +13,7 @@ from rowscope.auth import store
 from rowscope.auth.clients import authenticate_client
 from rowscope.auth.context import AuthContext
 from rowscope.auth.errors import NO_STORE, InvalidRequest, OAuthError, error_response
-from rowscope.auth.token import read_form
+from rowscope.auth.token import post_route, read_form
 
 
 def routes(auth: AuthContext) -> list[Route]:
@@ -30,4 +30,4 @@ def routes(auth: AuthContext) -> list[Route]:
             return error_response(error)
         return Response(status_code=200, headers=NO_STORE)
 
-    return [Route("/revoke", revoke, methods=["POST"])]
+    return [post_route("/revoke", revoke)]

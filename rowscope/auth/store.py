@@ -306,6 +306,12 @@ async def rotate_refresh_token(conn: AsyncConnection, refresh_token: str, client
     return "reused", None
 
 
+async def release_refresh_token(conn: AsyncConnection, token_id: uuid.UUID) -> None:
+    """Undo this transaction's claim on a refresh token whose refresh was refused. The row stays
+    locked by the claim until commit, so no concurrent rotation can slip in between."""
+    await conn.execute(update(OAuthToken).where(OAuthToken.id == token_id).values(rotated_at=None))
+
+
 async def revoke_family(conn: AsyncConnection, family_id: uuid.UUID) -> None:
     await conn.execute(
         update(OAuthToken)

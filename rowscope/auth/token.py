@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -60,6 +61,18 @@ async def read_form(request: Request) -> dict[str, str]:
         if isinstance(found[0], str):
             values[key] = found[0]
     return values
+
+
+def post_route(path: str, endpoint: Callable[[Request], Awaitable[Response]]) -> Route:
+    """A POST-only endpoint that answers other methods 405 itself: a Route limited to POST would
+    let them fall through to the bearer guard mounted at ``/`` and get a misleading 401."""
+
+    async def post_only(request: Request) -> Response:
+        if request.method != "POST":
+            return Response(status_code=405, headers={"Allow": "POST"})
+        return await endpoint(request)
+
+    return Route(path, post_only, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
 
 
 def token_body(issued: store.IssuedTokens) -> dict[str, Any]:
@@ -120,14 +133,20 @@ def routes(auth: AuthContext) -> list[Route]:
             raise InvalidGrant("this refresh token was already used; its whole family is revoked")
         if row is None:
             raise InvalidGrant("the refresh token is invalid, expired or revoked")
-        granted = row.scope.split()
-        if "scope" in form:
-            asked = form["scope"].split()
-            if not asked or not set(asked) <= set(granted):
-                raise InvalidScope("a refresh may only narrow the granted scope")
-            granted = asked
-        if "resource" in form and form["resource"] != row.resource:
-            raise InvalidTarget("resource does not match the original grant")
+        try:
+            granted = row.scope.split()
+            if "scope" in form:
+                asked = form["scope"].split()
+                if not asked or not set(asked) <= set(granted):
+                    raise InvalidScope("a refresh may only narrow the granted scope")
+                granted = asked
+            if "resource" in form and form["resource"] != row.resource:
+                raise InvalidTarget("resource does not match the original grant")
+        except OAuthError:
+            # Refused, nothing issued: the token stays usable. Left spent, the client's retry with
+            # it would look like reuse and revoke the whole family.
+            await store.release_refresh_token(conn, row.id)
+            raise
         issued = await store.issue_tokens(
             conn,
             client_id=client.client_id,
@@ -165,4 +184,4 @@ def routes(auth: AuthContext) -> list[Route]:
             return error_response(error)
         return JSONResponse(body, headers=NO_STORE)
 
-    return [Route("/token", token, methods=["POST"])]
+    return [post_route("/token", token)]

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
 from rowscope import __version__
-from rowscope.auth import authorize, metadata, register, revoke, token
+from rowscope.auth import authorize, metadata, oidc, register, revoke, token
 from rowscope.auth.cimd import ClientDocumentFetcher
 from rowscope.auth.context import AuthContext
 from rowscope.auth.resource import BearerGuard
@@ -130,6 +130,7 @@ def build_http_app(runtime: Runtime) -> Starlette:
         *metadata.routes(auth),
         *register.routes(auth),
         *authorize.routes(auth),
+        *(oidc.routes(auth) if settings.oidc_issuer else []),
         *token.routes(auth),
         *revoke.routes(auth),
         Mount("/", app=guarded),

@@ -9,8 +9,9 @@ other tools already use keep their usual names: ``DATABASE_URL``, ``OPENAI_API_K
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -85,10 +86,83 @@ class Settings(BaseSettings):
         default=2_000_000, ge=1, description="Largest text add_training_content accepts."
     )
 
+    oidc_issuer: str | None = Field(
+        default=None,
+        description=(
+            "Issuer URL of an upstream OpenID Connect provider to sign in with (discovery at "
+            "issuer/.well-known/openid-configuration). Unset: password sign-in only."
+        ),
+    )
+    oidc_client_id: str | None = Field(default=None, description="rowscope's client id at the OIDC provider.")
+    oidc_client_secret: SecretStr | None = Field(
+        default=None,
+        description="rowscope's client secret at the OIDC provider. Unset: a public client (PKCE).",
+    )
+    oidc_name: str = Field(
+        default="your organisation's account", description="Label of the sign-in button: 'Sign in with …'."
+    )
+    oidc_scopes: str = Field(default="openid email profile", description="Scopes asked of the OIDC provider.")
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Signs the short-lived OIDC sign-in cookie (state, nonce, PKCE); needed by oidc_issuer.",
+    )
+
     @field_validator("public_url")
     @classmethod
     def _no_trailing_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _long_secret_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError(
+                "ROWSCOPE_SECRET_KEY must be at least 32 characters (e.g. `openssl rand -hex 32`)"
+            )
+        return value
+
+    @field_validator("oidc_issuer")
+    @classmethod
+    def _secure_issuer(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        loopback = parts.hostname in {"localhost", "127.0.0.1", "::1"}
+        if not parts.hostname or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
+            raise ValueError("ROWSCOPE_OIDC_ISSUER must be an https URL (http only on loopback)")
+        if parts.query or parts.fragment:
+            raise ValueError("ROWSCOPE_OIDC_ISSUER has no query or fragment (OpenID Connect Discovery §2)")
+        return value
+
+    @field_validator("oidc_scopes")
+    @classmethod
+    def _openid_scope(cls, value: str) -> str:
+        if "openid" not in value.split():
+            raise ValueError("ROWSCOPE_OIDC_SCOPES must include openid (OpenID Connect Core §3.1.2.1)")
+        return value
+
+    @model_validator(mode="after")
+    def _oidc_complete(self) -> Settings:
+        if self.oidc_issuer is None:
+            return self
+        missing = [
+            name
+            for name, value in (
+                ("ROWSCOPE_OIDC_CLIENT_ID", self.oidc_client_id),
+                ("ROWSCOPE_SECRET_KEY", self.secret_key),
+            )
+            if not value
+        ]
+        if missing:
+            raise ValueError(f"ROWSCOPE_OIDC_ISSUER is set, so {' and '.join(missing)} must be set too")
+        return self
+
+    @property
+    def oidc_discovery_url(self) -> str | None:
+        """OpenID Connect Discovery §4: the issuer, less a trailing slash, + the well-known path."""
+        if self.oidc_issuer is None:
+            return None
+        return self.oidc_issuer.rstrip("/") + "/.well-known/openid-configuration"
 
     @property
     def base_url(self) -> str:
