@@ -12,9 +12,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx2
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, text
 
-from rowscope.db.engine import DatabaseUrl
 from rowscope.server import demo
 from rowscope.server.demo import DEMO_PASSWORD
 from tests.oauth import hidden_fields, pkce
@@ -180,17 +179,14 @@ def approve(
 
 
 @pytest.fixture(scope="module")
-def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    engine = create_engine(DatabaseUrl.parse(database_url).sqlalchemy)
-    try:
-        with serve(database_url, tmp_path_factory.mktemp("oauth-negative")) as url:
-            running = Server(url, engine)
-            try:
-                yield running
-            finally:
-                running.http.close()
-    finally:
-        engine.dispose()
+def server(database_url: str, admin: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """``rowscope serve`` for one test module, with a superuser engine to look at its tables."""
+    with serve(database_url, tmp_path_factory.mktemp("oauth")) as url:
+        running = Server(url, admin)
+        try:
+            yield running
+        finally:
+            running.http.close()
 
 
 # -- fixtures and helpers of this module ------------------------------------------------------------

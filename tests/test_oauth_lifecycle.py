@@ -14,9 +14,8 @@ from collections.abc import Iterator
 
 import httpx2
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
-from rowscope.db.engine import DatabaseUrl
 from tests.oauth import hidden_fields, pkce
 from tests.oauth_server import (
     BOTH,
@@ -31,25 +30,11 @@ from tests.oauth_server import (
     query_of,
     sign_in,
 )
-from tests.servers import ROWSCOPE, child_env, serve
+from tests.servers import ROWSCOPE, child_env
 
 pytestmark = pytest.mark.slow
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
-
-
-@pytest.fixture(scope="module")
-def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    engine = create_engine(DatabaseUrl.parse(database_url).sqlalchemy)
-    try:
-        with serve(database_url, tmp_path_factory.mktemp("oauth-lifecycle")) as url:
-            running = Server(url, engine)
-            try:
-                yield running
-            finally:
-                running.http.close()
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture(scope="module")
