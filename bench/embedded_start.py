@@ -6,7 +6,7 @@ a new process, as every ``rowscope`` command is; it reports the time spent in
 ``resolve_database`` (start + migrate) and the whole process's wall time (interpreter, imports,
 and stopping the server at exit).
 
-    .venv/bin/python bench/embedded_start.py [--repetitions N] [--smoke]
+    .venv/bin/python -m bench.embedded_start [--repetitions N] [--smoke] [--out FILE]
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--repetitions", type=int, default=5, help="cold/warm pairs to measure")
     parser.add_argument("--smoke", action="store_true", help="one repetition: checks the benchmark runs")
+    parser.add_argument("--out", type=Path, help="where to write the JSON report (default: bench/results/)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
@@ -72,13 +73,16 @@ def main() -> int:
             runs["warm"].append(run_once(data_dir))
         finally:
             shutil.rmtree(data_dir, ignore_errors=True)
-    print(f"embedded PostgreSQL start, {repetitions} repetition(s), median seconds")
-    print(f"{'start':<6}{'start+migrate':>15}{'process total':>15}")
+    from bench.common import Report, finish  # the parent runs as `python -m bench.embedded_start`
+
+    report = Report("embedded_start", args.smoke)
+    report.notes.append(f"{repetitions} repetition(s), medians; each run is a new process")
     for name, measured in runs.items():
         start = statistics.median(s for s, _ in measured)
         total = statistics.median(t for _, t in measured)
-        print(f"{name:<6}{start:>15.2f}{total:>15.2f}")
-    return 0
+        report.add(f"{name} start (initdb if cold) + migrate", start, "s")
+        report.add(f"{name} start, whole process", total, "s")
+    return finish(report, args.out)
 
 
 if __name__ == "__main__":
