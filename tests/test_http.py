@@ -7,9 +7,11 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 import httpx2
+import psutil
 import pytest
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
@@ -224,3 +226,22 @@ def test_protected_resource_metadata_names_the_exact_mcp_url(base_url: str) -> N
     response = httpx2.get(f"{base_url}/.well-known/oauth-protected-resource/mcp", timeout=10)
     assert response.status_code == 200
     assert response.json()["resource"] == f"{base_url}/mcp"
+
+
+def test_two_workers_share_the_port_and_stop_with_the_server(
+    database_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    """Our choice (issue 4, one worker per core): ``--workers 2`` answers on one port, and
+    stopping the server stops every worker."""
+    with serve(database_url, tmp_path, ROWSCOPE_WORKERS="2") as url:
+        parent = next(
+            p for p in psutil.process_iter(["cmdline"]) if url.rsplit(":", 1)[1] in (p.info["cmdline"] or [])
+        )
+        workers = parent.children()
+        assert len(workers) == 2
+        for _ in range(6):  # a fresh connection each time, so the kernel can pick either worker
+            response = raw_tools_list(url, Authorization=f"Bearer {keys.alice}")
+            assert response.status_code == 200
+            assert {t["name"] for t in response.json()["result"]["tools"]} == {s.fn.__name__ for s in TOOLS}
+    _, alive = psutil.wait_procs(workers, timeout=15)
+    assert alive == []

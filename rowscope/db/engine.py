@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 _SCHEMES = {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg_async"}
@@ -47,6 +48,7 @@ class DatabaseUrl:
 
 
 TOOL_ROLE = "rowscope_tool"  # created by migration 0002; NOLOGIN, NOBYPASSRLS
+SWITCH_TO_USER = text("SELECT set_config('role', :role, true), set_config('rowscope.user_id', :uid, true)")
 
 
 class Database:
@@ -61,20 +63,42 @@ class Database:
             url.sqlalchemy,
             pool_size=pool_size,
             max_overflow=pool_size,
-            pool_pre_ping=True,  # a restarted database is noticed and reconnected to by itself
+            # No pre-ping (a round trip on every checkout): a connection the database dropped is
+            # replaced when a user transaction's first statement finds it dead (below), and a
+            # detected disconnect invalidates the rest of the pool at once.
             pool_recycle=1800,
             connect_args=connect_args,
         )
 
+    async def _connect_as(self, user_id: uuid.UUID) -> AsyncConnection:
+        """A pooled connection in a transaction already switched to the user. A connection found
+        dead by that first statement (the database restarted) is replaced once: nothing has run
+        yet, so trying again is safe."""
+        for attempt in (1, 2):
+            conn = await self.engine.connect()
+            try:
+                await conn.execute(SWITCH_TO_USER, {"role": TOOL_ROLE, "uid": str(user_id)})
+            except DBAPIError as exc:
+                await conn.close()
+                if attempt == 1 and exc.connection_invalidated:
+                    continue
+                raise
+            return conn
+        raise AssertionError("unreachable")
+
     @asynccontextmanager
     async def user_transaction(self, user_id: uuid.UUID) -> AsyncIterator[AsyncConnection]:
         """A transaction running as the tool role with ``rowscope.user_id`` set to ``user_id``."""
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                text("SELECT set_config('role', :role, true), set_config('rowscope.user_id', :uid, true)"),
-                {"role": TOOL_ROLE, "uid": str(user_id)},
-            )
-            yield conn
+        conn = await self._connect_as(user_id)
+        try:
+            try:
+                yield conn
+            except BaseException:
+                await conn.rollback()
+                raise
+            await conn.commit()
+        finally:
+            await conn.close()
 
     @asynccontextmanager
     async def service_transaction(self) -> AsyncIterator[AsyncConnection]:

