@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import tomllib
 import uuid
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -248,6 +250,7 @@ class CompiledPolicy:
     """A policy bound to the database's tables (reflected), ready to produce predicates."""
 
     def __init__(self, policy: PolicyFile, metadata: MetaData) -> None:
+        self._predicates: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self.policy = policy
         self._tables = metadata.tables
         missing = sorted(name for name in policy.table_names() if name not in self._tables)
@@ -329,23 +332,50 @@ class CompiledPolicy:
 
     # -- predicates -----------------------------------------------------------------------------
 
+    # Building a predicate (aliases, EXISTS subqueries) costs more than running the query it
+    # guards, so each is built once per (rule, user, table) and kept in a bounded LRU cache;
+    # SQLAlchemy expressions are immutable, so a cached one is safe to reuse in any statement.
+    CACHE_SIZE = 4096
+
+    def _cached(self, key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+        found = self._predicates.get(key)
+        if found is None:
+            found = self._predicates[key] = build()
+            if len(self._predicates) > self.CACHE_SIZE:
+                self._predicates.popitem(last=False)
+        else:
+            self._predicates.move_to_end(key)
+        return found
+
     def model_scope(self, model: str, user_id: uuid.UUID, table: Any = None) -> ColumnElement[bool]:
         """The rows of ``model`` that ``user_id`` may read, as a predicate on ``table``."""
         spec = self.policy.models[model]
-        return self._compile(spec.scope, table if table is not None else self._tables[spec.table], user_id)
+        target = table if table is not None else self._tables[spec.table]
+        return self._cached(  # type: ignore[no-any-return]
+            ("model", model, user_id, target), lambda: self._compile(spec.scope, target, user_id)
+        )
 
     def access_predicate(
         self, access: str, mode: Literal["read", "write"], user_id: uuid.UUID, table: Any = None
     ) -> ColumnElement[bool]:
         spec = self.policy.access[access]
         rule = spec.read if mode == "read" else spec.write
-        return self._compile(rule, table if table is not None else self._tables[spec.table], user_id)
+        target = table if table is not None else self._tables[spec.table]
+        return self._cached(  # type: ignore[no-any-return]
+            ("access", access, mode, user_id, target), lambda: self._compile(rule, target, user_id)
+        )
 
     def access_ids(self, access: str, mode: Literal["read", "write"], user_id: uuid.UUID) -> Any:
         """``SELECT key FROM <access table> WHERE <rule>``: the ids a user may read or write."""
         spec = self.policy.access[access]
-        t = self._tables[spec.table].alias()
-        return select(t.c[spec.key]).where(self.access_predicate(access, mode, user_id, t))
+
+        def build() -> Any:
+            t = self._tables[spec.table].alias()
+            return select(t.c[spec.key]).where(
+                self._compile(spec.read if mode == "read" else spec.write, t, user_id)
+            )
+
+        return self._cached(("ids", access, mode, user_id), build)
 
     def _compile(self, rule: Rule, t: Any, uid: uuid.UUID) -> ColumnElement[bool]:
         bound = literal(uid, UUID(as_uuid=True))
