@@ -19,8 +19,9 @@ import pytest
 import sqlalchemy as sa
 from mcp.client import Client
 
-from rowscope.db import migrate
-from rowscope.db.engine import DatabaseUrl
+from rowscope.db import accounts, migrate
+from rowscope.db.engine import Database, DatabaseUrl
+from rowscope.db.models import ApiKey
 from rowscope.server import demo
 from rowscope.server.app import build_mcp, build_runtime
 from rowscope.server.runtime import Runtime
@@ -82,6 +83,38 @@ def admin(database_url: str) -> Iterator[sa.Engine]:
         yield engine
     finally:
         engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def make_api_key(database_url: str) -> Iterator[Callable[..., str]]:
+    """Creates API keys with ``accounts.create_key`` (optionally revoked at once); every key made
+    is deleted at the end of the session."""
+    made: list[uuid.UUID] = []
+
+    async def in_transaction(work: Callable[[Any], Any]) -> Any:
+        database = Database(DatabaseUrl.parse(database_url), pool_size=1)
+        try:
+            async with database.service_transaction() as conn:
+                return await work(conn)
+        finally:
+            await database.dispose()
+
+    def make(email: str, label: str, *, revoked: bool = False) -> str:
+        async def work(conn: Any) -> str:
+            key_id, key = await accounts.create_key(conn, email, label)
+            made.append(key_id)
+            if revoked:
+                await accounts.revoke_key(conn, key_id)
+            return key
+
+        return str(anyio.run(in_transaction, work))
+
+    yield make
+
+    async def remove(conn: Any) -> None:
+        await conn.execute(sa.delete(ApiKey).where(ApiKey.id.in_(made)))
+
+    anyio.run(in_transaction, remove)
 
 
 @pytest.fixture

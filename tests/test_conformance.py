@@ -19,24 +19,19 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx2
 import pytest
 import uvicorn
-from sqlalchemy import delete
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from rowscope.db import accounts
-from rowscope.db.engine import Database, DatabaseUrl
-from rowscope.db.models import ApiKey
 from tests.servers import free_port, serve
 
 pytestmark = pytest.mark.slow
@@ -106,32 +101,9 @@ def conformance() -> Path:
 
 
 @pytest.fixture(scope="module")
-def api_key(database_url: str) -> Iterator[str]:
-    """Alice's API key (``accounts.create_key``), deleted again afterwards."""
-    made: list[Any] = []
-
-    async def create() -> str:
-        database = Database(DatabaseUrl.parse(database_url), pool_size=1)
-        try:
-            async with database.service_transaction() as conn:
-                key_id, key = await accounts.create_key(conn, "alice@example.com", "test_conformance")
-            made.append(key_id)
-            return key
-        finally:
-            await database.dispose()
-
-    async def remove() -> None:
-        database = Database(DatabaseUrl.parse(database_url), pool_size=1)
-        try:
-            async with database.service_transaction() as conn:
-                await conn.execute(delete(ApiKey).where(ApiKey.id.in_(made)))
-        finally:
-            await database.dispose()
-
-    try:
-        yield anyio.run(create)
-    finally:
-        anyio.run(remove)
+def api_key(make_api_key: Callable[..., str]) -> str:
+    """Alice's API key (``accounts.create_key``), deleted at the end of the session."""
+    return make_api_key("alice@example.com", "test_conformance")
 
 
 def proxy_app(upstream: str, token: str) -> Starlette:

@@ -4,22 +4,17 @@ driven by the SDK's client for the tools and by raw HTTP for status codes and he
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import anyio
 import httpx2
 import psutil
 import pytest
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
-from sqlalchemy import delete
 
-from rowscope.db import accounts
-from rowscope.db.engine import Database, DatabaseUrl
-from rowscope.db.models import ApiKey
 from rowscope.server import demo
 from rowscope.tools import TOOLS
 from tests.conftest import error_text, structured
@@ -39,40 +34,13 @@ class Keys:
 
 
 @pytest.fixture(scope="module")
-def keys(database_url: str) -> Iterator[Keys]:
-    """API keys made with ``accounts.create_key`` (one revoked); deleted again afterwards."""
-    ids: list[uuid.UUID] = []
-
-    async def make() -> Keys:
-        database = Database(DatabaseUrl.parse(database_url), pool_size=1)
-        try:
-            async with database.service_transaction() as conn:
-                made = {}
-                for label, email in (
-                    ("alice", "alice@example.com"),
-                    ("bob", "bob@example.com"),
-                    ("revoked", "alice@example.com"),
-                ):
-                    key_id, key = await accounts.create_key(conn, email, f"test_http {label}")
-                    ids.append(key_id)
-                    made[label] = key
-                await accounts.revoke_key(conn, ids[-1])
-            return Keys(**made)
-        finally:
-            await database.dispose()
-
-    async def remove() -> None:
-        database = Database(DatabaseUrl.parse(database_url), pool_size=1)
-        try:
-            async with database.service_transaction() as conn:
-                await conn.execute(delete(ApiKey).where(ApiKey.id.in_(ids)))
-        finally:
-            await database.dispose()
-
-    try:
-        yield anyio.run(make)
-    finally:
-        anyio.run(remove)
+def keys(make_api_key: Callable[..., str]) -> Keys:
+    """API keys made with ``accounts.create_key`` (one revoked); deleted at the end of the session."""
+    return Keys(
+        alice=make_api_key("alice@example.com", "test_http alice"),
+        bob=make_api_key("bob@example.com", "test_http bob"),
+        revoked=make_api_key("alice@example.com", "test_http revoked", revoked=True),
+    )
 
 
 @pytest.fixture(scope="module")
