@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +54,10 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     settings = Settings(database_url=cluster.url, openai_api_key=None)
     anyio.run(demo.load_demo, build_runtime(settings, cluster.url))
     yield cluster
+    # The wrapper only stops the server process it started itself; the test restarted it, so stop
+    # the restarted one by its data directory first (an already-stopped server is fine).
+    with contextlib.suppress(subprocess.CalledProcessError):
+        cluster.stop()
     cluster.embedded.stop()
 
 
