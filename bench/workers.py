@@ -4,8 +4,10 @@ Why not ``uvicorn --workers N``: its worker processes are spawned and receive th
 re-created from a file descriptor, whose ``proto`` reads 0, so asyncio does not set ``TCP_NODELAY``
 on accepted connections; h11 writes the head and the body of a response separately, and on a
 keep-alive connection Nagle + delayed ACK then stall every response ~40 ms (measured here: 44 ms
-per call on one connection, 1 ms on a fresh one). Each process here binds its own socket, so the
-kernel spreads connections and every connection gets ``TCP_NODELAY``.
+per call on one connection, 1 ms on a fresh one). Each process here binds its own socket (the one
+``rowscope serve --workers`` uses, ``rowscope.server.workers.listening_socket``), so the kernel
+spreads connections and every connection gets ``TCP_NODELAY``. This module exists for the apps
+that are not rowscope (the floor).
 
     python -m bench.workers bench.apps:floor 8000 2
 """
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,12 +25,9 @@ from types import FrameType
 def serve_one(factory: str, port: int) -> None:
     import uvicorn
 
-    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says TCP.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(2048)
+    from rowscope.server.workers import listening_socket
+
+    sock = listening_socket("127.0.0.1", port, reuse_port=True)
     config = uvicorn.Config(factory, factory=True, log_level="warning", access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
 
