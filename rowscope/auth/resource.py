@@ -26,12 +26,11 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from starlette.authentication import AuthCredentials
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rowscope.auth import scopes
 from rowscope.auth.verifier import RowscopeVerifier, VerifierUnavailable
-
-MAX_BODY = 4 * 1024 * 1024
+from rowscope.server.bodies import read_body, replay
 
 
 class BearerGuard:
@@ -92,7 +91,7 @@ class BearerGuard:
             )
             return
         if scopes.WRITE not in token.scopes and scope.get("method") == "POST":
-            body = await _read_body(receive)
+            body = await read_body(receive)
             if body is None:
                 await JSONResponse({"error": "request body too large"}, status_code=413)(scope, receive, send)
                 return
@@ -101,7 +100,7 @@ class BearerGuard:
                     403, "insufficient_scope", "This tool needs rowscope:write", everything
                 )(scope, receive, send)
                 return
-            receive = _replay(body, receive)
+            receive = replay(body, receive)
         user = AuthenticatedUser(token)
         scope["user"], scope["auth"] = user, AuthCredentials(token.scopes)
         reset = auth_context_var.set(user)
@@ -128,34 +127,3 @@ class BearerGuard:
             and m["params"].get("name") in self.write_tools
             for m in messages
         )
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
-def _replay(body: bytes, original: Receive) -> Receive:
-    """Hand the already-read body to the app, then pass on whatever the client sends next."""
-    sent = False
-
-    async def receive() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await original()
-
-    return receive

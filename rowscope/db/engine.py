@@ -10,15 +10,21 @@ are turned off as well.
 from __future__ import annotations
 
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import psycopg
+from psycopg.pq import TransactionStatus
+from psycopg.rows import dict_row
 from sqlalchemy import text
+from sqlalchemy.engine.interfaces import Compiled
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql import Select
 
 _SCHEMES = {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg_async"}
 
@@ -49,6 +55,8 @@ class DatabaseUrl:
 
 TOOL_ROLE = "rowscope_tool"  # created by migration 0002; NOLOGIN, NOBYPASSRLS
 SWITCH_TO_USER = text("SELECT set_config('role', :role, true), set_config('rowscope.user_id', :uid, true)")
+COMPILED_CACHE_SIZE = 512  # distinct read shapes kept compiled (the model's filters vary the shape)
+_SWITCH_SQL = "SELECT set_config('role', %s, true), set_config('rowscope.user_id', %s, true)"
 
 
 class Database:
@@ -59,6 +67,7 @@ class Database:
         if url.pgbouncer:
             connect_args["prepare_threshold"] = None
         self.url = url
+        self._compiled: OrderedDict[Any, Compiled] = OrderedDict()
         self.engine: AsyncEngine = create_async_engine(
             url.sqlalchemy,
             pool_size=pool_size,
@@ -100,6 +109,61 @@ class Database:
         finally:
             await conn.close()
 
+    async def read_as(self, user_id: uuid.UUID, statement: Select[Any]) -> list[dict[str, Any]]:
+        """The rows of one read statement, run in a user transaction exactly as
+        :meth:`user_transaction` runs it (tool role, ``rowscope.user_id``, both transaction-local),
+        but sent in one round trip: ``BEGIN``, the switch, the statement and ``COMMIT`` go out
+        together in psycopg's pipeline mode, instead of four round trips through SQLAlchemy's
+        async layers. The hot path of the read tools; ``benchmarks: bench/toolcall.py``.
+
+        The statement is compiled by SQLAlchemy (every value a bound parameter). Statements whose
+        parameters need a SQLAlchemy bind processor are run through :meth:`user_transaction`
+        instead, so values reach the database exactly as SQLAlchemy would send them.
+        """
+        sql, params = self._compile(statement)
+        if sql is None:
+            async with self.user_transaction(user_id) as conn:
+                return [dict(row) for row in (await conn.execute(statement)).mappings()]
+        for attempt in (1, 2):
+            async with self.engine.connect() as conn:
+                raw: psycopg.AsyncConnection[Any] = (await conn.get_raw_connection()).driver_connection  # type: ignore[assignment]
+                try:
+                    return await _pipelined_read(raw, user_id, sql, params)
+                except psycopg.OperationalError:
+                    # A connection found dead (the database restarted) is dropped from the pool; as
+                    # in _connect_as, nothing was read yet, so one fresh connection may try again.
+                    broken = raw.broken or raw.closed
+                    await conn.invalidate()
+                    if attempt == 1 and broken:
+                        continue
+                    raise
+        raise AssertionError("unreachable")
+
+    def _compile(self, statement: Select[Any]) -> tuple[str | None, dict[str, Any]]:
+        """The SQL and parameters psycopg is sent for ``statement``; ``(None, {})`` when it needs
+        SQLAlchemy's own execution (a bind processor). Compiled SQL is kept in a small LRU keyed by
+        SQLAlchemy's cache key — the statement's shape without its values, the same key
+        SQLAlchemy's own compiled cache uses — so a repeated query shape is not compiled again."""
+        dialect = self.engine.dialect
+        key = statement._generate_cache_key()
+        compiled = self._compiled.get(key.key) if key is not None else None
+        if compiled is None:
+            compiled = statement.compile(dialect=dialect, cache_key=key)
+            if any(bind.type.bind_processor(dialect) is not None for bind in compiled.binds.values()):
+                return None, {}
+            if compiled.post_compile_params or key is None:
+                # An IN list expands to one placeholder per value: compiled for these values only.
+                once = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+                return str(once), once.params
+            self._compiled[key.key] = compiled
+            if len(self._compiled) > COMPILED_CACHE_SIZE:
+                del self._compiled[next(iter(self._compiled))]
+        else:
+            self._compiled.move_to_end(key.key)  # type: ignore[union-attr]
+        if key is None:
+            return str(compiled), compiled.params
+        return str(compiled), dict(compiled.construct_params(extracted_parameters=key.bindparams) or {})
+
     @asynccontextmanager
     async def service_transaction(self) -> AsyncIterator[AsyncConnection]:
         """A transaction as the connecting role: for rowscope's own tables (keys, users), never tools."""
@@ -108,3 +172,24 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+async def _pipelined_read(
+    raw: psycopg.AsyncConnection[Any], user_id: uuid.UUID, sql: str, params: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """BEGIN, switch to the user, read, COMMIT: one pipeline, one network round trip. The pooled
+    connection is put back as it was found (not autocommit, idle), whatever happened."""
+    await raw.set_autocommit(True)  # BEGIN and COMMIT are ours to send, inside the pipeline
+    try:
+        async with raw.pipeline():
+            await raw.execute("BEGIN")
+            await raw.execute(_SWITCH_SQL, (TOOL_ROLE, str(user_id)))
+            cursor = raw.cursor(row_factory=dict_row)
+            await cursor.execute(sql, params)
+            await raw.execute("COMMIT")
+        return await cursor.fetchall()
+    finally:
+        if not raw.closed and not raw.broken:
+            if raw.info.transaction_status != TransactionStatus.IDLE:
+                await raw.execute("ROLLBACK")  # a failed statement left its transaction open
+            await raw.set_autocommit(False)

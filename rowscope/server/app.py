@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
+from starlette.types import ASGIApp
 
 from rowscope import __version__
 from rowscope.auth import authorize, metadata, oidc, register, revoke, token
@@ -31,6 +32,7 @@ from rowscope.auth.verifier import RowscopeVerifier
 from rowscope.db.engine import Database, DatabaseUrl
 from rowscope.db.policy import load_policy
 from rowscope.embeddings import build_embedder
+from rowscope.server.direct import DirectToolCalls
 from rowscope.server.runtime import Runtime
 from rowscope.server.settings import Settings
 from rowscope.tools import TOOLS, register_tools
@@ -92,7 +94,7 @@ def build_http_app(runtime: Runtime) -> Starlette:
         ),
         allowed_origins=sorted({settings.base_url, *(f"https://{h}" for h in settings.allowed_hosts)}),
     )
-    mcp_app = server.streamable_http_app(
+    mcp_app: ASGIApp = server.streamable_http_app(
         streamable_http_path="/mcp",
         stateless_http=True,  # every piece of state is in PostgreSQL: any worker can answer any call
         json_response=True,
@@ -103,6 +105,14 @@ def build_http_app(runtime: Runtime) -> Starlette:
     auth = AuthContext(settings=settings, database=runtime.database, fetcher=fetcher)
     # LISTEN cannot work through pgbouncer in transaction mode: there, every request is verified.
     cache = None if runtime.database.url.pgbouncer else TokenCache(runtime.database.url.libpq)
+    if settings.direct_tool_calls:
+        mcp_app = DirectToolCalls(
+            mcp_app,
+            server,
+            runtime,
+            security=security,
+            tools=frozenset(spec.fn.__name__ for spec in TOOLS if spec.read_only),
+        )
     guarded = BearerGuard(
         mcp_app,
         RowscopeVerifier(runtime.database, settings.resource_url, cache),

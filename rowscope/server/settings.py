@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address `rowscope serve` binds.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port `rowscope serve` binds.")
     workers: int = Field(default=1, ge=1, le=64, description="Worker processes of `rowscope serve`.")
+    direct_tool_calls: bool = Field(
+        default=True,
+        description="Answer read-only tools/call requests without the SDK's per-request session "
+        "(rowscope/server/direct.py); false sends every request through the SDK's transport.",
+    )
     public_url: str | None = Field(
         default=None,
         description="The public base URL (behind a TLS proxy). Unset: http://host:port.",

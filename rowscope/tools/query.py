@@ -65,14 +65,18 @@ def exposed_model(ctx: Context[Any], name: str) -> ExposedModel:
     return models[name]
 
 
+# What each non-JSON value a row can hold becomes, by exact type: one dict lookup per value.
+_TO_JSON: dict[type, Any] = {
+    uuid.UUID: str,
+    dt.datetime: dt.datetime.isoformat,
+    dt.date: dt.date.isoformat,
+    decimal.Decimal: float,
+}
+
+
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, dt.datetime | dt.date):
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal):
-        return float(value)
-    return value
+    convert = _TO_JSON.get(type(value))
+    return value if convert is None else convert(value)
 
 
 def _order(model: ExposedModel, order_by: list[dict[str, Direction]] | None) -> list[tuple[str, str]]:
@@ -142,8 +146,7 @@ async def query_records(
         )
         .limit(take + 1)
     )
-    async with rt.database.user_transaction(user) as conn:
-        rows = (await conn.execute(statement)).mappings().all()
+    rows = await rt.database.read_as(user, statement)
     more = len(rows) > take
     rows = rows[:take]
     next_cursor = encode_cursor(order, [rows[-1][f] for f, _ in order]) if more else None
@@ -164,7 +167,6 @@ async def count_records(ctx: Context[Any], model: ModelName, where: Where = None
         rt.policy.model_scope(model, user, exposed.table),
         WhereCompiler(model, exposed.columns).compile(where),
     )
-    statement = sql_select(func.count()).select_from(exposed.table).where(condition)
-    async with rt.database.user_transaction(user) as conn:
-        count = (await conn.execute(statement)).scalar_one()
-    return CountResult(model=model, count=count)
+    statement = sql_select(func.count().label("count")).select_from(exposed.table).where(condition)
+    (row,) = await rt.database.read_as(user, statement)
+    return CountResult(model=model, count=row["count"])
