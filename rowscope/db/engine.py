@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import text
 from sqlalchemy.engine.interfaces import Compiled
 from sqlalchemy.exc import DBAPIError
@@ -68,6 +69,17 @@ class Database:
             connect_args["prepare_threshold"] = None
         self.url = url
         self._compiled: OrderedDict[Any, Compiled] = OrderedDict()
+        # The read tools' pool (read_as): psycopg's own, autocommit, so a read is one pipeline with
+        # no SQLAlchemy checkout, greenlet hop or reset around it. Opened by the first read.
+        self._reads: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
+            url.libpq,
+            min_size=1,
+            max_size=pool_size,
+            kwargs=connect_args | {"autocommit": True},
+            timeout=10,  # waiting for a free or new connection; then the tool says "unavailable"
+            open=False,
+        )
+        self._reads_open = False
         self.engine: AsyncEngine = create_async_engine(
             url.sqlalchemy,
             pool_size=pool_size,
@@ -124,19 +136,20 @@ class Database:
         if sql is None:
             async with self.user_transaction(user_id) as conn:
                 return [dict(row) for row in (await conn.execute(statement)).mappings()]
+        if not self._reads_open:
+            await self._reads.open()  # idempotent; the first read of the process opens the pool
+            self._reads_open = True
         for attempt in (1, 2):
-            async with self.engine.connect() as conn:
-                raw: psycopg.AsyncConnection[Any] = (await conn.get_raw_connection()).driver_connection  # type: ignore[assignment]
-                try:
+            try:
+                async with self._reads.connection() as raw:
                     return await _pipelined_read(raw, user_id, sql, params)
-                except psycopg.OperationalError:
-                    # A connection found dead (the database restarted) is dropped from the pool; as
-                    # in _connect_as, nothing was read yet, so one fresh connection may try again.
-                    broken = raw.broken or raw.closed
-                    await conn.invalidate()
-                    if attempt == 1 and broken:
-                        continue
+            except psycopg.OperationalError:
+                # A connection found dead (the database restarted) is discarded by the pool, and
+                # check() discards the other dead idle ones; as in _connect_as, nothing was read
+                # yet, so one fresh connection may try again.
+                if attempt == 2:
                     raise
+                await self._reads.check()
         raise AssertionError("unreachable")
 
     def _compile(self, statement: Select[Any]) -> tuple[str | None, dict[str, Any]]:
@@ -171,15 +184,15 @@ class Database:
             yield conn
 
     async def dispose(self) -> None:
+        await self._reads.close()
         await self.engine.dispose()
 
 
 async def _pipelined_read(
     raw: psycopg.AsyncConnection[Any], user_id: uuid.UUID, sql: str, params: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    """BEGIN, switch to the user, read, COMMIT: one pipeline, one network round trip. The pooled
-    connection is put back as it was found (not autocommit, idle), whatever happened."""
-    await raw.set_autocommit(True)  # BEGIN and COMMIT are ours to send, inside the pipeline
+    """BEGIN, switch to the user, read, COMMIT: one pipeline, one network round trip, on an
+    autocommit connection (so BEGIN and COMMIT are ours to send inside the pipeline)."""
     try:
         async with raw.pipeline():
             await raw.execute("BEGIN")
@@ -189,7 +202,5 @@ async def _pipelined_read(
             await raw.execute("COMMIT")
         return await cursor.fetchall()
     finally:
-        if not raw.closed and not raw.broken:
-            if raw.info.transaction_status != TransactionStatus.IDLE:
-                await raw.execute("ROLLBACK")  # a failed statement left its transaction open
-            await raw.set_autocommit(False)
+        if not raw.closed and not raw.broken and raw.info.transaction_status != TransactionStatus.IDLE:
+            await raw.execute("ROLLBACK")  # a failed statement left its transaction open

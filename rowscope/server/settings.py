@@ -35,7 +35,9 @@ class Settings(BaseSettings):
         default=None,
         description="A scoping policy TOML file. Unset: the bundled Spark policy.",
     )
-    pool_size: int = Field(default=10, ge=1, le=200, description="Connections per process.")
+    pool_size: int = Field(
+        default=10, ge=1, le=200, description="Connections per process, in each of its two pools."
+    )
 
     openai_api_key: SecretStr | None = Field(
         default=None,

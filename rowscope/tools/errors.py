@@ -13,7 +13,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
+import psycopg
 from mcp.server.mcpserver.exceptions import ToolError
+from psycopg_pool import PoolTimeout
 from sqlalchemy.exc import DBAPIError, OperationalError, TimeoutError
 
 from rowscope.db.filters import FilterError
@@ -40,13 +42,16 @@ def translated(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             return await fn(*args, **kwargs)
         except (ToolFailure, FilterError, EmbeddingError) as exc:
             raise ToolError(str(exc)) from None
-        except (OperationalError, TimeoutError, OSError) as exc:
+        except (OperationalError, TimeoutError, OSError, psycopg.OperationalError, PoolTimeout) as exc:
             log.warning("database unavailable in %s: %s", fn.__name__, exc)
             raise ToolError(UNAVAILABLE) from None
         except DBAPIError as exc:
             if exc.connection_invalidated:
                 log.warning("database connection lost in %s: %s", fn.__name__, exc)
                 raise ToolError(UNAVAILABLE) from None
+            log.exception("database error in %s", fn.__name__)
+            raise ToolError(REFUSED) from None
+        except psycopg.Error:  # from the read tools' pipelined path (Database.read_as)
             log.exception("database error in %s", fn.__name__)
             raise ToolError(REFUSED) from None
 

@@ -74,9 +74,20 @@ _TO_JSON: dict[type, Any] = {
 }
 
 
-def _jsonable(value: Any) -> Any:
-    convert = _TO_JSON.get(type(value))
-    return value if convert is None else convert(value)
+def _converter(column: Any) -> Any:
+    """How values of ``column`` become JSON, from its Python type; None when they already are."""
+    try:
+        return _TO_JSON.get(column.type.python_type)
+    except NotImplementedError:  # a type without one (e.g. vector): per value, by its own type
+        return lambda value: _TO_JSON.get(type(value), lambda same: same)(value)
+
+
+def _json_rows(rows: list[dict[str, Any]], exposed: ExposedModel, fields: list[str]) -> list[dict[str, Any]]:
+    converters = [(f, _converter(exposed.columns[f])) for f in fields]
+    return [
+        {f: v if (v := row[f]) is None or convert is None else convert(v) for f, convert in converters}
+        for row in rows
+    ]
 
 
 def _order(model: ExposedModel, order_by: list[dict[str, Direction]] | None) -> list[tuple[str, str]]:
@@ -152,7 +163,7 @@ async def query_records(
     next_cursor = encode_cursor(order, [rows[-1][f] for f, _ in order]) if more else None
     return QueryResult(
         model=model,
-        rows=[{f: _jsonable(row[f]) for f in fields} for row in rows],
+        rows=_json_rows(rows, exposed, fields),
         next_cursor=next_cursor,
     )
 
