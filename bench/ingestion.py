@@ -2,8 +2,13 @@
 
 * DB side: ``KnowledgeStore.insert`` of the document's chunks with ready vectors (no embedder), in a
   user transaction under row-level security: chunks per second. With ``--compare FILE`` the
-  KnowledgeStore in FILE (e.g. the previous knowledge.py) inserts the same rows into another spark,
-  as the baseline.
+  KnowledgeStore in FILE (e.g. the previous knowledge.py) inserts the same rows, as the baseline.
+  Each DB-side figure is taken on its own freshly migrated database (an empty table, so an empty
+  HNSW graph), and every insert gets vectors no other insert used: pgvector's HNSW stores an exact
+  duplicate of an indexed vector as one more heap pointer of the existing element, without touching
+  the graph, so re-inserting the same vectors would measure almost nothing of the index.
+* The same insert with the previous index (full-precision HNSW, m=16, ef_construction=64, from
+  migrations 0001-0005) and with no vector index at all: what the index costs.
 * End to end through the MCP tool (SDK client, in process): with a trivial embedder (ready vectors,
   so the figure is chunking + dedup + insert) and with the offline embedder (MiniLM int8).
 * The same document again: zero chunks added, and how many times faster than the first time.
@@ -48,14 +53,22 @@ def document(size: int, seed: int = 7) -> str:
     return " ".join(words)[:size]
 
 
+# The approximate-search index of migrations 0001-0005, measured as the "before" of migration 0006.
+PREVIOUS_INDEX = (
+    "CREATE INDEX ix_spark_embeddings_embedding_hnsw ON spark_embeddings "
+    "USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 64)"
+)
+
+
 class ReadyVectors:
-    """A trivial embedder: random unit vectors, so timings exclude embedding."""
+    """A trivial embedder: random unit vectors, so timings exclude embedding. Give each insert its
+    own seed (see the module docstring about duplicates)."""
 
     model = "bench-ready-vectors"
     dimensions = DIM
 
-    def __init__(self) -> None:
-        self.rng = np.random.default_rng(3)
+    def __init__(self, seed: int = 3) -> None:
+        self.rng = np.random.default_rng(seed)
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         v = self.rng.standard_normal((len(texts), DIM)).astype(np.float32)
@@ -79,7 +92,7 @@ def knowledge_store_class(path: Path | None) -> Any:
     return module.KnowledgeStore
 
 
-async def insert_rate(url: str, text: str, spark: uuid.UUID, store_cls: Any) -> tuple[float, int]:
+async def insert_rate(url: str, text: str, spark: uuid.UUID, store_cls: Any, seed: int) -> tuple[float, int]:
     from rowscope.embeddings.chunking import chunk_text
     from rowscope.server.app import build_runtime
     from rowscope.server.settings import Settings
@@ -89,7 +102,7 @@ async def insert_rate(url: str, text: str, spark: uuid.UUID, store_cls: Any) -> 
     try:
         store = store_cls(runtime.policy)
         chunks = list({c.sha256: c for c in chunk_text(text)}.values())
-        vectors = await ReadyVectors().embed([c.text for c in chunks])
+        vectors = await ReadyVectors(seed).embed([c.text for c in chunks])
         rows = [
             store.row(spark, c.text, c.sha256, "document", "bench", v, "bench", {"chunk_index": c.index})
             for c, v in zip(chunks, vectors, strict=True)
@@ -104,7 +117,9 @@ async def insert_rate(url: str, text: str, spark: uuid.UUID, store_cls: Any) -> 
         await runtime.close()
 
 
-async def end_to_end(url: str, text: str, spark: uuid.UUID, *, offline: bool) -> list[tuple[float, Any]]:
+async def end_to_end(
+    url: str, text: str, spark: uuid.UUID, *, offline: bool, seed: int = 3
+) -> list[tuple[float, Any]]:
     from mcp.client import Client
 
     from rowscope.server.app import build_mcp, build_runtime
@@ -113,7 +128,7 @@ async def end_to_end(url: str, text: str, spark: uuid.UUID, *, offline: bool) ->
     settings = Settings(database_url=url, openai_api_key=None)
     runtime = build_runtime(settings, url, stdio_user=USER)
     if not offline:
-        runtime.embedder = ReadyVectors()
+        runtime.embedder = ReadyVectors(seed)
     server = build_mcp(runtime)
     timings: list[tuple[float, Any]] = []
     async with Client(server) as client:
@@ -140,19 +155,39 @@ def main(argv: list[str] | None = None) -> int:
     report = Report("ingestion", args.smoke)
     report.notes.append(f"document: {len(text):,} characters")
     with scratch_cluster("ingestion") as server:
-        url = migrated_database(server, "bench_ingestion")
-        dsn = server.libpq_dsn("bench_ingestion")
-        report.notes.append(pg_version(dsn))
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("INSERT INTO user_profiles (id, email) VALUES (%s, 'ingest@example.com')", (USER,))
-            for i, spark in enumerate(SPARKS):
+
+        def database(name: str, index: str | None = None) -> tuple[str, str]:
+            """A freshly migrated database with the user and the sparks; ``index`` replaces the
+            migration's approximate-search index (``""``: no vector index at all)."""
+            url = migrated_database(server, name)
+            dsn = server.libpq_dsn(name)
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                if index is not None:
+                    for (hnsw,) in conn.execute(
+                        "SELECT indexname FROM pg_indexes WHERE tablename = 'spark_embeddings' "
+                        "AND indexdef LIKE '%USING hnsw%'"
+                    ).fetchall():
+                        conn.execute(f'DROP INDEX "{hnsw}"')
+                    if index:
+                        conn.execute(index)
                 conn.execute(
-                    "INSERT INTO sparks (id, user_id, name) VALUES (%s, %s, %s)", (spark, USER, f"s{i}")
+                    "INSERT INTO user_profiles (id, email) VALUES (%s, 'ingest@example.com')", (USER,)
                 )
+                for i, spark in enumerate(SPARKS):
+                    conn.execute(
+                        "INSERT INTO sparks (id, user_id, name) VALUES (%s, %s, %s)", (spark, USER, f"s{i}")
+                    )
+            return url, dsn
+
+        url, dsn = database("bench_ingestion")
+        report.notes.append(pg_version(dsn))
+        rate, chunks = asyncio.run(insert_rate(url, text, SPARKS[0], knowledge_store_class(None), seed=10))
         baseline = None
         if args.compare is not None:
-            baseline, _ = asyncio.run(insert_rate(url, text, SPARKS[3], knowledge_store_class(args.compare)))
-        rate, chunks = asyncio.run(insert_rate(url, text, SPARKS[0], knowledge_store_class(None)))
+            compare_url, _ = database("bench_ingestion_compare")
+            baseline, _ = asyncio.run(
+                insert_rate(compare_url, text, SPARKS[0], knowledge_store_class(args.compare), seed=11)
+            )
         report.add(
             "DB-side insert (KnowledgeStore.insert)",
             rate,
@@ -163,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             met=rate >= 5000,
             note=f"{chunks} chunks",
         )
-        fast = asyncio.run(end_to_end(url, text, SPARKS[1], offline=False))
+        fast = asyncio.run(end_to_end(url, text, SPARKS[1], offline=False, seed=12))
         _, (first, added), (_, repeat) = fast
         report.add(
             "add_training_content, ready vectors", chunks / first, "chunks/s", note="embedder excluded"
@@ -193,18 +228,29 @@ def main(argv: list[str] | None = None) -> int:
             met=speedup >= 10,
         )
         assert added["chunks_added"] == chunks
-        # What the HNSW index costs the insert: the same rows with the index dropped (last, as
-        # nothing after this needs it).
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("DROP INDEX ix_spark_embeddings_embedding_hnsw")
-        bare, _ = asyncio.run(insert_rate(url, text, SPARKS[4], knowledge_store_class(None)))
+        # What the vector index costs the insert: the same insert, each on its own empty table,
+        # with the previous index and with none.
+        previous_url, _ = database("bench_ingestion_previous_index", PREVIOUS_INDEX)
+        previous, _ = asyncio.run(
+            insert_rate(previous_url, text, SPARKS[0], knowledge_store_class(None), seed=13)
+        )
         report.add(
-            "DB-side insert without the HNSW index",
+            "DB-side insert with the previous index (HNSW vector m=16 ef=64)",
+            previous,
+            "chunks/s",
+            baseline="migration's index",
+            baseline_value=rate,
+            note="the index of migrations 0001-0005",
+        )
+        bare_url, _ = database("bench_ingestion_no_index", "")
+        bare, _ = asyncio.run(insert_rate(bare_url, text, SPARKS[0], knowledge_store_class(None), seed=14))
+        report.add(
+            "DB-side insert without any vector index",
             bare,
             "chunks/s",
-            baseline="with the index",
+            baseline="migration's index",
             baseline_value=rate,
-            note="shows the share of HNSW maintenance",
+            note="the ceiling: no index maintenance",
         )
     return finish(report, args.out)
 

@@ -19,7 +19,9 @@ call (all its statements, round trips included), and the database's own executio
 statements (``EXPLAIN (ANALYZE, TIMING OFF)`` replayed in the same transaction).
 
 Loading uses binary COPY into a dedicated database of a scratch cluster; the HNSW index (the
-migration's: m=16, ef_construction=64, cosine) is built after the load.
+migration's, as declared in rowscope/db/models.py) is built after the load. With ``--compare`` the
+previous migrations' index (full-precision HNSW, m=16, ef_construction=64, cosine) is built too, so
+the compared knowledge.py searches with the index it was written for.
 
     .venv/bin/python -m bench.retrieval [--smoke | --million]
 """
@@ -222,10 +224,39 @@ class PeakRss:
         self._thread.join()
 
 
+def _migration_index() -> tuple[str, str]:
+    from sqlalchemy.dialects import postgresql
+    from sqlalchemy.schema import CreateIndex
+
+    from rowscope.db.models import SparkEmbedding
+
+    (index,) = [i for i in SparkEmbedding.__table__.indexes if i.dialect_options["postgresql"]["using"]]
+    return str(CreateIndex(index).compile(dialect=postgresql.dialect())), str(index.name)
+
+
+# The approximate-search index as the models (and so the newest migration) declare it.
+MIGRATION_INDEX, MIGRATION_INDEX_NAME = _migration_index()
+# The index of migrations 0001-0005, for the knowledge.py of that time (``--compare``).
+PREVIOUS_INDEX_NAME = "ix_spark_embeddings_embedding_hnsw"
+PREVIOUS_INDEX = (
+    f"CREATE INDEX IF NOT EXISTS {PREVIOUS_INDEX_NAME} ON spark_embeddings "
+    "USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 64)"
+)
+
+
+def hnsw_indexes(conn: psycopg.Connection[Any]) -> list[str]:
+    rows = conn.execute(
+        "SELECT indexname FROM pg_indexes "
+        "WHERE tablename = 'spark_embeddings' AND indexdef LIKE '%USING hnsw%'"
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
 def load(dsn: str, world: World, report: Report, pgdata: Path, *, million: bool) -> None:
     n = sum(world.spark_sizes)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("DROP INDEX IF EXISTS ix_spark_embeddings_embedding_hnsw")
+        for name in hnsw_indexes(conn):
+            conn.execute(f'DROP INDEX "{name}"')
         with conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO user_profiles (id, email) VALUES (%s, %s)",
@@ -280,15 +311,12 @@ def load(dsn: str, world: World, report: Report, pgdata: Path, *, million: bool)
         pid = int((pgdata / "postmaster.pid").read_text().split()[0])
         with PeakRss(pid) as rss:
             started = time.perf_counter()
-            conn.execute(
-                "CREATE INDEX ix_spark_embeddings_embedding_hnsw ON spark_embeddings "
-                "USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 64)"
-            )
+            conn.execute(MIGRATION_INDEX)
             built = time.perf_counter() - started
         conn.execute("VACUUM ANALYZE spark_embeddings")
         sizes = conn.execute(
-            "SELECT pg_relation_size('ix_spark_embeddings_embedding_hnsw'), "
-            "pg_total_relation_size('spark_embeddings')"
+            "SELECT pg_relation_size(%s::regclass), pg_total_relation_size('spark_embeddings')",
+            (MIGRATION_INDEX_NAME,),
         ).fetchone()
         assert sizes is not None
     report.add("HNSW index build", built, "s", note=f"{n:,} chunks")
@@ -444,6 +472,19 @@ def main(argv: list[str] | None = None) -> int:
             load(dsn, world, report, server.pgdata, million=args.million)
         else:
             report.notes.append(f"reused the loaded database in {args.data_dir}")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            if args.compare is not None and PREVIOUS_INDEX_NAME not in hnsw_indexes(conn):
+                conn.execute(f"SET maintenance_work_mem = '{'12GB' if args.million else '2GB'}'")
+                conn.execute("SET max_parallel_maintenance_workers = 2")
+                started = time.perf_counter()
+                conn.execute(PREVIOUS_INDEX)
+                report.add(
+                    "previous HNSW index build (vector m=16 ef=64, for --compare)",
+                    time.perf_counter() - started,
+                    "s",
+                )
+                conn.execute("ANALYZE spark_embeddings")
+            report.notes.append("HNSW indexes: " + ", ".join(hnsw_indexes(conn)))
         results = asyncio.run(measure(url, world, queries, users, store_classes(args.compare)))
     for (variant, cls), m in results.items():
         share = np.mean(m.readable_chunks) / n_chunks
