@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from mcp.client import Client
 from pydantic import SecretStr
 
+from rowscope.db import knowledge
 from rowscope.server import demo
 from rowscope.server.app import build_mcp, build_runtime
 from rowscope.server.settings import Settings
@@ -322,6 +323,44 @@ async def test_search_ignores_chunks_of_another_embedding_model(
     finally:
         with engine.begin() as conn:
             conn.execute(sa.text("DELETE FROM spark_embeddings WHERE source_id = 'other-model'"))
+
+
+async def test_large_readable_sets_search_the_sign_bit_index_and_rerank_exactly(
+    runtime: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 4: above EXACT_SEARCH_ROWS readable chunks, search walks the HNSW index over the sign
+    bits (migration 0006: its ORDER BY is the index's expression) and re-ranks the candidates by
+    exact cosine, so it finds what the exact scan finds, in the same order."""
+    store = knowledge.KnowledgeStore(runtime.policy)
+    (vector,) = await runtime.embedder.embed(["when do tomatoes get planted"])
+    index = "ix_spark_embeddings_embedding_bq_hnsw"
+
+    async def search() -> tuple[list[Any], int]:
+        async with runtime.database.user_transaction(USERS["bob"]) as conn:
+            # The demo is tiny, so the planner would rather sort it: take the index whenever one
+            # can serve the ORDER BY at all.
+            await conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
+            await conn.execute(sa.text("SET LOCAL enable_sort = off"))
+            hits = await store.search(
+                conn,
+                USERS["bob"],
+                vector,
+                model=runtime.embedder.model,
+                top_k=5,
+                parent_id=None,
+                source_types=None,
+            )
+            scans = (
+                await conn.execute(sa.text(f"SELECT pg_stat_get_xact_numscans('{index}'::regclass)"))
+            ).scalar_one()
+        return hits, int(scans)
+
+    exact, exact_scans = await search()
+    monkeypatch.setattr(knowledge, "EXACT_SEARCH_ROWS", 0)
+    approximate, approximate_scans = await search()
+    assert (exact_scans, approximate_scans) == (0, 1)
+    assert exact and [h.id for h in approximate] == [h.id for h in exact]
+    assert [h.similarity for h in approximate] == pytest.approx([h.similarity for h in exact])
 
 
 async def test_list_sparks_says_which_sparks_the_user_may_train(client_as: Any) -> None:

@@ -23,12 +23,15 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    literal_column,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 EMBEDDING_DIMENSIONS = 1536
+# The expression the approximate-search index is built on (migration 0006), as PostgreSQL prints it.
+SIGN_BITS = f"((binary_quantize(embedding))::bit({EMBEDDING_DIMENSIONS}))"
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -154,12 +157,14 @@ class SparkEmbedding(Timestamps, Base):
     __table_args__ = (
         UniqueConstraint("spark_id", "content_hash"),
         Index("ix_spark_embeddings_source", "spark_id", "source_id"),
+        # The approximate-search index: HNSW over the sign bits of each embedding (migration 0006;
+        # knowledge.py orders by the same expression and re-ranks the candidates exactly).
         Index(
-            "ix_spark_embeddings_embedding_hnsw",
-            "embedding",
+            "ix_spark_embeddings_embedding_bq_hnsw",
+            literal_column(SIGN_BITS),
             postgresql_using="hnsw",
             postgresql_with={"m": 16, "ef_construction": 64},
-            postgresql_ops={"embedding": "vector_cosine_ops"},
+            postgresql_ops={SIGN_BITS: "bit_hamming_ops"},
         ),
     )
     id: Mapped[uuid.UUID] = _id()
