@@ -8,7 +8,8 @@ Servers (each its own process on 127.0.0.1, one at a time, the same database):
   JSON responses), served by uvicorn the same way; with 1 and 2 workers;
 * ``rowscope`` — ``query_records`` (model PortfolioItem, 20 rows of the token's user) behind its
   bearer guard; the token is minted by ``rowscope.auth.store.issue_tokens`` for a registered client
-  (the same row the /token endpoint writes); with 1 and 2 workers;
+  (the same row the /token endpoint writes); with 1 and 2 workers; and once more with one worker and
+  ``ROWSCOPE_DIRECT_TOOL_CALLS=false``, every call through the SDK's per-request session;
 * ``psycopg direct`` — the same SQL in the same kind of transaction (tool role, ``rowscope.user_id``,
   row-level security) from this process, no HTTP: the database's share of a call;
 * ``toolbox`` — Google's MCP Toolbox for Databases (Go binary from npm) serving an equivalent
@@ -386,6 +387,14 @@ async def run_all(args: Any, report: Report, server: Any, url: str, dsn: str, lo
             results[f"rowscope-{workers}"] = await measure_http(port, query_body, auth, plan, max_seconds)
             if workers == 1:
                 sdk = await sdk_client_rate(port, token, 30 if smoke else 300)
+        if workers == 1:
+            # What the direct path (rowscope/server/direct.py) buys: the same server with every call
+            # going through the SDK's per-request session.
+            log = logs / "rowscope-sdk-transport.log"
+            sdk_env = env | {"ROWSCOPE_DIRECT_TOOL_CALLS": "false"}
+            with process(uvicorn("rowscope", port, 1), sdk_env, log) as proc:
+                await wait_ready(port, query_body, auth, proc, log)
+                results["rowscope-sdk"] = await measure_http(port, query_body, auth, plan, max_seconds)
         floor = results[f"floor-{workers}"]
         add_runs(report, f"floor, {workers} worker(s)", floor, None, None)
         add_runs(
@@ -395,6 +404,13 @@ async def run_all(args: Any, report: Report, server: Any, url: str, dsn: str, lo
             floor,
             "floor",
         )
+    add_runs(
+        report,
+        "rowscope, direct path off (every call through the SDK's session), 1 worker(s)",
+        results["rowscope-sdk"],
+        results["rowscope-1"],
+        "rowscope (direct path)",
+    )
     report.add(
         "rowscope via the MCP SDK client (2026-07-28), sequential",
         sdk,
