@@ -76,6 +76,14 @@ CASES = [
         call("count_records", {"model": "Spark", "where": {"NOT": {"visibility": "private"}}}),
         direct=True,
     ),
+    case(
+        "query with a boolean and a date filter",
+        call(
+            "query_records",
+            {"model": "PortfolioItem", "where": {"is_watched": False, "created_at": {"gte": "2020-01-01"}}},
+        ),
+        direct=True,
+    ),
     case("list sparks", call("list_sparks", {}), direct=True),
     case("search knowledge", call("search_knowledge", {"query": "brand guidelines"}), direct=True),
     case("string id", call("query_records", {"model": "Team"}, request_id="req-7"), direct=True),

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from mcp.client import Client
@@ -522,6 +523,39 @@ async def test_the_tool_role_and_user_id_are_transaction_local(database_url: str
         assert after[0] == login
         assert after[3] in (None, "")
         assert rows >= 3, "the login role reads without RLS again"
+    finally:
+        await database.dispose()
+
+
+async def test_the_one_round_trip_read_is_as_transaction_local_as_a_user_transaction(
+    database_url: str,
+) -> None:
+    """``Database.read_as`` (the read tools' pipelined path, its own pool) runs as the tool role and
+    the user, under row-level security, and leaves its pooled connection as it found it — also after
+    a statement that fails half-way through the pipeline."""
+    database = Database(DatabaseUrl.parse(database_url), pool_size=1)
+    probe = sa.select(
+        sa.func.current_user().label("role"),
+        sa.func.pg_backend_pid().label("pid"),
+        sa.func.current_setting("rowscope.user_id", True).label("setting"),
+    )
+    profiles = sa.table("user_profiles", sa.column("id"))
+    try:
+        (inside,) = await database.read_as(demo.BOB, probe)
+        assert (inside["role"], inside["setting"]) == (TOOL_ROLE, str(demo.BOB))
+        visible = await database.read_as(demo.BOB, sa.select(profiles.c.id))
+        assert [row["id"] for row in visible] == [demo.BOB], "row-level security applies to read_as"
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            await database.read_as(demo.BOB, sa.select((sa.literal(1) / sa.literal(0)).label("boom")))
+        async with database._reads.connection() as raw:  # the pool's one connection, as it was left
+            left = "SELECT current_user, pg_backend_pid(), current_setting('rowscope.user_id', true)"
+            role, pid, setting = await (await raw.execute(left)).fetchone()
+            assert raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert pid == inside["pid"], (
+            "the same pooled connection must be reused for this test to mean anything"
+        )
+        assert role != TOOL_ROLE
+        assert setting in (None, "")
     finally:
         await database.dispose()
 

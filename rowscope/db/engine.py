@@ -60,6 +60,13 @@ COMPILED_CACHE_SIZE = 512  # distinct read shapes kept compiled (the model's fil
 _SWITCH_SQL = "SELECT set_config('role', %s, true), set_config('rowscope.user_id', %s, true)"
 
 
+@dataclass(frozen=True)
+class _Compiled:
+    sql: str
+    compiled: Compiled
+    processors: dict[str, Any]  # parameter name -> the dialect's bind processor for its type
+
+
 class Database:
     """The process's one connection pool, and the two kinds of transaction rowscope opens."""
 
@@ -68,7 +75,7 @@ class Database:
         if url.pgbouncer:
             connect_args["prepare_threshold"] = None
         self.url = url
-        self._compiled: OrderedDict[Any, Compiled] = OrderedDict()
+        self._compiled: OrderedDict[Any, _Compiled] = OrderedDict()
         # The read tools' pool (read_as): psycopg's own, autocommit, so a read is one pipeline with
         # no SQLAlchemy checkout, greenlet hop or reset around it. Opened by the first read.
         self._reads: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
@@ -153,29 +160,38 @@ class Database:
         raise AssertionError("unreachable")
 
     def _compile(self, statement: Select[Any]) -> tuple[str | None, dict[str, Any]]:
-        """The SQL and parameters psycopg is sent for ``statement``; ``(None, {})`` when it needs
-        SQLAlchemy's own execution (a bind processor). Compiled SQL is kept in a small LRU keyed by
-        SQLAlchemy's cache key — the statement's shape without its values, the same key
-        SQLAlchemy's own compiled cache uses — so a repeated query shape is not compiled again."""
+        """The SQL and parameters psycopg is sent for ``statement``, each value passed through its
+        type's bind processor for this dialect exactly as SQLAlchemy's own execution would; ``(None,
+        {})`` for the rare statement this cannot serve (an IN list of a processed type). Compiled SQL
+        is kept in a small LRU keyed by SQLAlchemy's cache key — the statement's shape without its
+        values, the key SQLAlchemy's own compiled cache uses — so a repeated shape is compiled once."""
         dialect = self.engine.dialect
         key = statement._generate_cache_key()
-        compiled = self._compiled.get(key.key) if key is not None else None
-        if compiled is None:
+        entry = self._compiled.get(key.key) if key is not None else None
+        if entry is None:
             compiled = statement.compile(dialect=dialect, cache_key=key)
-            if any(bind.type.bind_processor(dialect) is not None for bind in compiled.binds.values()):
-                return None, {}
+            processors = {
+                name: process
+                for bind, name in compiled.bind_names.items()
+                if (process := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
+            }
             if compiled.post_compile_params or key is None:
+                if processors:
+                    return None, {}
                 # An IN list expands to one placeholder per value: compiled for these values only.
                 once = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
-                return str(once), once.params
-            self._compiled[key.key] = compiled
+                return str(once), dict(once.params)
+            entry = _Compiled(str(compiled), compiled, processors)
+            self._compiled[key.key] = entry
             if len(self._compiled) > COMPILED_CACHE_SIZE:
                 del self._compiled[next(iter(self._compiled))]
         else:
             self._compiled.move_to_end(key.key)  # type: ignore[union-attr]
-        if key is None:
-            return str(compiled), compiled.params
-        return str(compiled), dict(compiled.construct_params(extracted_parameters=key.bindparams) or {})
+        assert key is not None
+        params = dict(entry.compiled.construct_params(extracted_parameters=key.bindparams) or {})
+        for name, process in entry.processors.items():
+            params[name] = process(params[name])
+        return entry.sql, params
 
     @asynccontextmanager
     async def service_transaction(self) -> AsyncIterator[AsyncConnection]:
