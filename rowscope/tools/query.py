@@ -83,11 +83,17 @@ def _converter(column: Any) -> Any:
 
 
 def _json_rows(rows: list[dict[str, Any]], exposed: ExposedModel, fields: list[str]) -> list[dict[str, Any]]:
-    converters = [(f, _converter(exposed.columns[f])) for f in fields]
-    return [
-        {f: v if (v := row[f]) is None or convert is None else convert(v) for f, convert in converters}
-        for row in rows
-    ]
+    """The rows as the model reads them: only ``fields``, in that order, values made JSON. The rows
+    are fresh dicts from the database, converted in place, column by column, where a type needs it."""
+    if rows and list(rows[0]) != fields:  # sort keys were read too, or the fields' order differs
+        rows = [{f: row[f] for f in fields} for row in rows]
+    for field in fields:
+        convert = _converter(exposed.columns[field])
+        if convert is not None:
+            for row in rows:
+                if (value := row[field]) is not None:
+                    row[field] = convert(value)
+    return rows
 
 
 def _order(model: ExposedModel, order_by: list[dict[str, Direction]] | None) -> list[tuple[str, str]]:
