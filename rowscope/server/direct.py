@@ -77,13 +77,11 @@ class DirectToolCalls:
         self.tools = tools
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        length = dict(scope["headers"]).get(b"content-length", b"") if scope["type"] == "http" else b""
-        if (
-            scope["method"] != "POST"
-            or scope["path"] != "/mcp"
-            or not length.isdigit()
-            or int(length) > MAX_DIRECT_BODY
-        ):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/mcp":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if not length.isdigit() or int(length) > MAX_DIRECT_BODY:
             await self.app(scope, receive, send)  # streamed to the SDK untouched
             return
         body = await read_body(receive, MAX_DIRECT_BODY)
