@@ -33,6 +33,8 @@ def serve_one(factory: str, port: int) -> None:
 
 
 def main(argv: list[str]) -> int:
+    from rowscope.server.workers import stop_all
+
     factory, port, count = argv[0], int(argv[1]), int(argv[2])
     if count == 1:
         serve_one(factory, port)
@@ -43,13 +45,7 @@ def main(argv: list[str]) -> int:
     ]
 
     def stop(signum: int, _frame: FrameType | None) -> None:
-        for child in children:
-            child.terminate()
-        for child in children:
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        stop_all(children)
         os._exit(0)
 
     signal.signal(signal.SIGTERM, stop)

@@ -86,7 +86,6 @@ class Database:
             timeout=10,  # waiting for a free or new connection; then the tool says "unavailable"
             open=False,
         )
-        self._reads_open = False
         self.engine: AsyncEngine = create_async_engine(
             url.sqlalchemy,
             pool_size=pool_size,
@@ -135,17 +134,16 @@ class Database:
         together in psycopg's pipeline mode, instead of four round trips through SQLAlchemy's
         async layers. The hot path of the read tools; ``benchmarks: bench/toolcall.py``.
 
-        The statement is compiled by SQLAlchemy (every value a bound parameter). Statements whose
-        parameters need a SQLAlchemy bind processor are run through :meth:`user_transaction`
-        instead, so values reach the database exactly as SQLAlchemy would send them.
+        The statement is compiled by SQLAlchemy (every value a bound parameter, passed through its
+        type's bind processor as SQLAlchemy would); the rare statement :meth:`_compile` cannot serve
+        runs through :meth:`user_transaction` instead.
         """
         sql, params = self._compile(statement)
         if sql is None:
             async with self.user_transaction(user_id) as conn:
                 return [dict(row) for row in (await conn.execute(statement)).mappings()]
-        if not self._reads_open:
-            await self._reads.open()  # idempotent; the first read of the process opens the pool
-            self._reads_open = True
+        if self._reads.closed:
+            await self._reads.open()  # the first read of the process opens the pool
         for attempt in (1, 2):
             try:
                 async with self._reads.connection() as raw:

@@ -44,10 +44,15 @@ def run_workers(count: int, *, database_url: str, host: str, port: int, log_leve
             time.sleep(0.2)
         return 1  # a worker died on its own
     finally:
-        for child in children:
-            child.terminate()
-        for child in children:
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        stop_all(children)
+
+
+def stop_all(children: list[subprocess.Popen[bytes]]) -> None:
+    """Ask every worker to stop, then wait for each (15 s) and kill the ones that do not."""
+    for child in children:
+        child.terminate()
+    for child in children:
+        try:
+            child.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            child.kill()

@@ -45,13 +45,10 @@ def translated(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         except (OperationalError, TimeoutError, OSError, psycopg.OperationalError, PoolTimeout) as exc:
             log.warning("database unavailable in %s: %s", fn.__name__, exc)
             raise ToolError(UNAVAILABLE) from None
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
+        except (DBAPIError, psycopg.Error) as exc:  # psycopg's own: Database.read_as
+            if isinstance(exc, DBAPIError) and exc.connection_invalidated:
                 log.warning("database connection lost in %s: %s", fn.__name__, exc)
                 raise ToolError(UNAVAILABLE) from None
-            log.exception("database error in %s", fn.__name__)
-            raise ToolError(REFUSED) from None
-        except psycopg.Error:  # from the read tools' pipelined path (Database.read_as)
             log.exception("database error in %s", fn.__name__)
             raise ToolError(REFUSED) from None
 

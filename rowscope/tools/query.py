@@ -74,12 +74,17 @@ _TO_JSON: dict[type, Any] = {
 }
 
 
+def _by_value_type(value: Any) -> Any:
+    convert = _TO_JSON.get(type(value))
+    return value if convert is None else convert(value)
+
+
 def _converter(column: Any) -> Any:
     """How values of ``column`` become JSON, from its Python type; None when they already are."""
     try:
         return _TO_JSON.get(column.type.python_type)
     except NotImplementedError:  # a type without one (e.g. vector): per value, by its own type
-        return lambda value: _TO_JSON.get(type(value), lambda same: same)(value)
+        return _by_value_type
 
 
 def _json_rows(rows: list[dict[str, Any]], exposed: ExposedModel, fields: list[str]) -> list[dict[str, Any]]:
