@@ -130,8 +130,8 @@ class Database:
     async def read_as(self, user_id: uuid.UUID, statement: Select[Any]) -> list[dict[str, Any]]:
         """The rows of one read statement, run in a user transaction exactly as
         :meth:`user_transaction` runs it (tool role, ``rowscope.user_id``, both transaction-local),
-        but sent in one round trip: ``BEGIN``, the switch, the statement and ``COMMIT`` go out
-        together in psycopg's pipeline mode, instead of four round trips through SQLAlchemy's
+        but sent in one round trip: the switch and the statement go out together in psycopg's
+        pipeline mode as one implicit transaction, instead of four round trips through SQLAlchemy's
         async layers. The hot path of the read tools; ``benchmarks: bench/toolcall.py``.
 
         The statement is compiled by SQLAlchemy (every value a bound parameter, passed through its
@@ -205,16 +205,18 @@ class Database:
 async def _pipelined_read(
     raw: psycopg.AsyncConnection[Any], user_id: uuid.UUID, sql: str, params: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    """BEGIN, switch to the user, read, COMMIT: one pipeline, one network round trip, on an
-    autocommit connection (so BEGIN and COMMIT are ours to send inside the pipeline)."""
+    """Switch to the user, read: one pipeline, one network round trip, one transaction. The
+    connection is in autocommit and the two statements go out with a single Sync after them, so
+    PostgreSQL runs them as one implicit transaction (the extended protocol ends it at the Sync,
+    not after each statement): the transaction-local switch holds for the read and is gone with it,
+    exactly as in :meth:`Database.user_transaction`, without a BEGIN and a COMMIT to send and run.
+    A failing statement aborts the rest of the pipeline and rolls the whole back at the Sync."""
     try:
         async with raw.pipeline():
-            await raw.execute("BEGIN")
             await raw.execute(_SWITCH_SQL, (TOOL_ROLE, str(user_id)))
             cursor = raw.cursor(row_factory=dict_row)
             await cursor.execute(sql, params)
-            await raw.execute("COMMIT")
         return await cursor.fetchall()
     finally:
         if not raw.closed and not raw.broken and raw.info.transaction_status != TransactionStatus.IDLE:
-            await raw.execute("ROLLBACK")  # a failed statement left its transaction open
+            await raw.execute("ROLLBACK")  # never expected (no BEGIN is sent); a guard for the pool
