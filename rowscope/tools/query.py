@@ -8,9 +8,7 @@ every value bound. Only allowlisted scalar columns are selected, so relation fie
 
 from __future__ import annotations
 
-import datetime as dt
 import decimal
-import uuid
 from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import Context
@@ -65,39 +63,30 @@ def exposed_model(ctx: Context[Any], name: str) -> ExposedModel:
     return models[name]
 
 
-# What each non-JSON value a row can hold becomes, by exact type: one dict lookup per value.
-_TO_JSON: dict[type, Any] = {
-    uuid.UUID: str,
-    dt.datetime: dt.datetime.isoformat,
-    dt.date: dt.date.isoformat,
-    decimal.Decimal: float,
-}
+# NUMERIC values are sent as JSON numbers, which is what a model expects of an amount; every other
+# non-JSON value a row can hold (UUIDs, dates, times, intervals) is written by pydantic's serializer
+# as the result is serialized, in Rust, as RFC 3339 / ISO 8601 text — far cheaper than converting
+# each value here (bench/toolcall.py).
+def _to_number(value: Any) -> Any:
+    return float(value) if isinstance(value, decimal.Decimal) else value
 
 
-def _by_value_type(value: Any) -> Any:
-    convert = _TO_JSON.get(type(value))
-    return value if convert is None else convert(value)
-
-
-def _converter(column: Any) -> Any:
-    """How values of ``column`` become JSON, from its Python type; None when they already are."""
+def _needs_numbers(column: Any) -> bool:
     try:
-        return _TO_JSON.get(column.type.python_type)
-    except NotImplementedError:  # a type without one (e.g. vector): per value, by its own type
-        return _by_value_type
+        return column.type.python_type is decimal.Decimal
+    except NotImplementedError:  # a type without one: look at each value
+        return True
 
 
 def _json_rows(rows: list[dict[str, Any]], exposed: ExposedModel, fields: list[str]) -> list[dict[str, Any]]:
-    """The rows as the model reads them: only ``fields``, in that order, values made JSON. The rows
-    are fresh dicts from the database, converted in place, column by column, where a type needs it."""
+    """The rows as the model reads them: only ``fields``, in that order, NUMERIC values as numbers.
+    The rows are fresh dicts from the database, converted in place, only in the columns that need it."""
     if rows and list(rows[0]) != fields:  # sort keys were read too, or the fields' order differs
         rows = [{f: row[f] for f in fields} for row in rows]
     for field in fields:
-        convert = _converter(exposed.columns[field])
-        if convert is not None:
+        if _needs_numbers(exposed.columns[field]):
             for row in rows:
-                if (value := row[field]) is not None:
-                    row[field] = convert(value)
+                row[field] = _to_number(row[field])
     return rows
 
 
