@@ -158,14 +158,19 @@ class SparkEmbedding(Timestamps, Base):
         UniqueConstraint("spark_id", "content_hash"),
         Index("ix_spark_embeddings_source", "spark_id", "source_id"),
         # The approximate-search index: HNSW over the sign bits of each embedding (migration 0006;
-        # knowledge.py orders by the same expression and re-ranks the candidates exactly).
+        # knowledge.py orders by the same expression and re-ranks the candidates exactly), over the
+        # rows already indexed (migration 0007: rowscope inserts rows unindexed, db/indexer.py
+        # flips them in the background).
         Index(
             "ix_spark_embeddings_embedding_bq_hnsw",
             literal_column(SIGN_BITS),
             postgresql_using="hnsw",
             postgresql_with={"m": 16, "ef_construction": 64},
             postgresql_ops={SIGN_BITS: "bit_hamming_ops"},
+            postgresql_where=text("indexed"),
         ),
+        # The backlog, by parent: what the indexer drains and search scores exactly meanwhile.
+        Index("ix_spark_embeddings_unindexed", "spark_id", postgresql_where=text("NOT indexed")),
     )
     id: Mapped[uuid.UUID] = _id()
     spark_id: Mapped[uuid.UUID] = mapped_column(
@@ -181,6 +186,9 @@ class SparkEmbedding(Timestamps, Base):
     metadata_: Mapped[dict[str, Any]] = mapped_column(
         "metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")
     )
+    # Whether the row is in the HNSW graph yet (migration 0007). True by default, so other writers'
+    # rows are indexed at once; rowscope's inserts set it false and leave the graph to db/indexer.py.
+    indexed: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
 
 
 class ApiKey(Timestamps, Base):

@@ -140,6 +140,11 @@ class KnowledgeSpec(_Strict):
     source_id_column: Name = "source_id"
     metadata_column: Name = "metadata"
     parent_label_columns: list[Name] = Field(default_factory=lambda: ["name", "description"])
+    # A boolean column saying whether a row is in the approximate-search index yet, with the index
+    # partial on it (Spark: migration 0007). Set, rowscope inserts chunks with it false, search
+    # scores those exactly until the background indexer (db/indexer.py) sets it; unset, chunks are
+    # indexed as they are inserted.
+    indexed_column: Name | None = None
 
 
 class PolicyFile(_Strict):
@@ -291,6 +296,7 @@ class CompiledPolicy:
                     k.source_type_column,
                     k.source_id_column,
                     k.metadata_column,
+                    *([k.indexed_column] if k.indexed_column else []),
                 ],
                 "knowledge",
             )
