@@ -325,17 +325,16 @@ async def test_search_ignores_chunks_of_another_embedding_model(
             conn.execute(sa.text("DELETE FROM spark_embeddings WHERE source_id = 'other-model'"))
 
 
-async def test_large_readable_sets_search_the_sign_bit_index_and_rerank_exactly(
-    runtime: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_large_readable_sets_search_the_sign_bit_index_and_rerank_exactly(runtime: Any) -> None:
     """Issue 4: above EXACT_SEARCH_ROWS readable chunks, search walks the HNSW index over the sign
     bits (migration 0006: its ORDER BY is the index's expression) and re-ranks the candidates by
     exact cosine, so it finds what the exact scan finds, in the same order."""
-    store = knowledge.KnowledgeStore(runtime.policy)
+    exact_store = knowledge.KnowledgeStore(runtime.policy)
+    walking_store = knowledge.KnowledgeStore(runtime.policy, exact_search_rows=0)
     (vector,) = await runtime.embedder.embed(["when do tomatoes get planted"])
     index = "ix_spark_embeddings_embedding_bq_hnsw"
 
-    async def search() -> tuple[list[Any], int]:
+    async def search(store: knowledge.KnowledgeStore) -> tuple[list[Any], int]:
         async with runtime.database.user_transaction(USERS["bob"]) as conn:
             # The demo is tiny, so the planner would rather sort it: take the index whenever one
             # can serve the ORDER BY at all.
@@ -355,9 +354,8 @@ async def test_large_readable_sets_search_the_sign_bit_index_and_rerank_exactly(
             ).scalar_one()
         return hits, int(scans)
 
-    exact, exact_scans = await search()
-    monkeypatch.setattr(knowledge, "EXACT_SEARCH_ROWS", 0)
-    approximate, approximate_scans = await search()
+    exact, exact_scans = await search(exact_store)
+    approximate, approximate_scans = await search(walking_store)
     assert (exact_scans, approximate_scans) == (0, 1)
     assert exact and [h.id for h in approximate] == [h.id for h in exact]
     assert [h.similarity for h in approximate] == pytest.approx([h.similarity for h in exact])

@@ -19,6 +19,12 @@ subquery the planner can only apply as a filter, row by row, over the whole tabl
 
 ``bench/retrieval.py`` measures both against brute force (recall@10 ≥ 0.98, p99 ≤ 30 ms).
 
+When the policy names an ``indexed_column`` (Spark: migration 0007), the HNSW index is partial on
+it and new chunks are inserted unindexed, so the insert never touches the graph; the walk carries
+the index's predicate, and the readable chunks not indexed yet are scored exactly and merged into
+the candidates before the re-rank, so results do not depend on how far the background indexer
+(``db/indexer.py``) has got. The exact scan covers every row either way.
+
 Inserts go through a binary ``COPY`` into a transaction-local temporary table and one
 ``INSERT … SELECT … ON CONFLICT DO NOTHING``: the same idempotence as a multi-row ``INSERT``, without
 rendering 1536 floats per row as text.
@@ -36,7 +42,21 @@ from typing import Any
 import numpy as np
 from pgvector.sqlalchemy import BIT, Vector
 from psycopg import sql
-from sqlalchemy import Float, Integer, Table, and_, any_, bindparam, cast, delete, func, literal, select
+from sqlalchemy import (
+    Float,
+    Integer,
+    Table,
+    and_,
+    any_,
+    bindparam,
+    cast,
+    delete,
+    func,
+    literal,
+    not_,
+    select,
+    union_all,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -66,10 +86,11 @@ class Hit:
 
 
 class KnowledgeStore:
-    def __init__(self, policy: CompiledPolicy) -> None:
+    def __init__(self, policy: CompiledPolicy, *, exact_search_rows: int = EXACT_SEARCH_ROWS) -> None:
         if policy.policy.knowledge is None:
             raise ValueError("the policy defines no knowledge store")
         self.policy = policy
+        self.exact_search_rows = exact_search_rows
         self.spec: KnowledgeSpec = policy.policy.knowledge
         self.table: Table = policy.table(self.spec.table)
         self.parent: Table = policy.table(policy.policy.access[self.spec.access].table)
@@ -129,14 +150,14 @@ class KnowledgeStore:
         *_, parents = (await conn.execute(settings)).one()
         if not parents:
             return []
-        # How many chunks those parents hold, counted only up to EXACT_SEARCH_ROWS + 1 through the
+        # How many chunks those parents hold, counted only up to exact_search_rows + 1 through the
         # parent-column index: the ids are listed, so the planner knows how few there are (behind
         # row-level security's subquery it would scan the whole table).
         listed = bindparam("readable_parents", list(parents), type_=ARRAY(UUID(as_uuid=True)))
         by_id = [self._c(s.parent_column) == any_(listed), *filters]
-        counted = select(literal(1)).where(*by_id).limit(EXACT_SEARCH_ROWS + 1).subquery()
+        counted = select(literal(1)).where(*by_id).limit(self.exact_search_rows + 1).subquery()
         kept = (await conn.execute(select(func.count()).select_from(counted))).scalar_one()
-        exact = kept <= EXACT_SEARCH_ROWS
+        exact = kept <= self.exact_search_rows
         if exact:
             conditions = by_id
         else:
@@ -147,7 +168,7 @@ class KnowledgeStore:
         query = bindparam("query_vector", list(vector), type_=Vector(s.dimensions))
         distance = self._c(s.vector_column).op("<=>", return_type=Float)(query)
         similarity = (1 - distance).label("similarity")
-        statement = select(
+        columns = (
             self._c("id"),
             self._c(s.parent_column).label("parent_id"),
             self._c(s.text_column).label("content"),
@@ -155,7 +176,8 @@ class KnowledgeStore:
             self._c(s.source_id_column).label("source_id"),
             self._c(s.metadata_column).label("metadata"),
             similarity,
-        ).where(and_(*conditions))
+        )
+        statement = select(*columns).where(and_(*conditions))
         if exact:
             # ORDER BY the selected similarity: no index matches it, so the planner reads the
             # readable chunks through the parent-column index and sorts them (each vector is
@@ -169,8 +191,27 @@ class KnowledgeStore:
             hamming = cast(func.binary_quantize(self._c(s.vector_column)), bits).op(
                 "<~>", return_type=Integer
             )(func.binary_quantize(cast(query, Vector(s.dimensions))))
-            nearest = statement.order_by(hamming).limit(max(CANDIDATES, 4 * top_k)).subquery()
-            statement = select(*nearest.c).order_by(nearest.c.similarity.desc()).limit(top_k)
+            walk = statement
+            if s.indexed_column is not None:
+                # The index is partial on the flag (migration 0007); the bare column repeats its
+                # predicate, which is what lets the planner prove the index covers these rows.
+                walk = walk.where(self._c(s.indexed_column))
+            nearest = walk.order_by(hamming).limit(max(CANDIDATES, 4 * top_k)).subquery()
+            candidates: Any = nearest
+            if s.indexed_column is not None:
+                # Chunks not in the graph yet (the background indexer's backlog): the readable ones
+                # are found through the backlog's partial index and scored exactly, so a chunk is
+                # searchable from the moment its insert commits. Both halves read one snapshot, so a
+                # chunk the indexer flips meanwhile is counted once.
+                backlog = (
+                    select(*columns)
+                    .where(*by_id, not_(self._c(s.indexed_column)))
+                    .order_by(similarity.desc())
+                    .limit(top_k)
+                    .subquery()
+                )
+                candidates = union_all(select(*nearest.c), select(*backlog.c)).subquery()
+            statement = select(*candidates.c).order_by(candidates.c.similarity.desc()).limit(top_k)
         rows = (await conn.execute(statement)).mappings().all()
         return [Hit(**row) for row in rows]
 
@@ -184,13 +225,19 @@ class KnowledgeStore:
         return set((await conn.execute(statement)).scalars())
 
     async def insert(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> int:
-        """Insert chunk rows, skipping any (parent, hash) already present; returns how many were new."""
+        """Insert chunk rows, skipping any (parent, hash) already present; returns how many were new.
+        With the policy's ``indexed_column`` the rows go in unindexed: the insert does no graph work,
+        and the background indexer (db/indexer.py) adds them to the HNSW graph after the commit."""
         if not rows:
             return 0
         s = self.spec
         columns = list(rows[0])
         table = sql.Identifier(self.table.name)
         names = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+        targets, values = names, names
+        if s.indexed_column is not None:
+            targets = sql.SQL("{}, {}").format(names, sql.Identifier(s.indexed_column))
+            values = sql.SQL("{}, false").format(names)
         staging = sql.Identifier("rowscope_knowledge_load")
         raw = await conn.get_raw_connection()
         driver: Any = raw.driver_connection  # psycopg.AsyncConnection, inside this transaction
@@ -210,11 +257,12 @@ class KnowledgeStore:
                 await copy.write(_binary_copy(rows, columns, kinds))
             await cur.execute(
                 sql.SQL(
-                    "INSERT INTO {table} ({names}) SELECT {names} FROM {staging} "
+                    "INSERT INTO {table} ({targets}) SELECT {values} FROM {staging} "
                     "ON CONFLICT ({parent}, {hash}) DO NOTHING"
                 ).format(
                     table=table,
-                    names=names,
+                    targets=targets,
+                    values=values,
                     staging=staging,
                     parent=sql.Identifier(s.parent_column),
                     hash=sql.Identifier(s.hash_column),
