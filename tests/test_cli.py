@@ -130,6 +130,27 @@ def test_the_models_and_the_migrations_do_not_drift(migrated_url: str) -> None:
     command.check(migrate.alembic_config(DatabaseUrl.parse(migrated_url).sqlalchemy))
 
 
+def test_index_puts_the_backlog_into_the_hnsw_index_and_says_how_many(migrated_url: str) -> None:
+    """Issue 4: `rowscope index` drains the chunks inserted unindexed (migration 0007), then exits."""
+    user, spark = uuid.uuid4(), uuid.uuid4()
+    vector = "[" + ",".join(["0.5"] * 1536) + "]"
+    with psycopg.connect(libpq(migrated_url), autocommit=True) as conn:
+        conn.execute("INSERT INTO user_profiles (id, email) VALUES (%s, 'index@example.com')", (user,))
+        conn.execute("INSERT INTO sparks (id, user_id, name) VALUES (%s, %s, 'indexed')", (spark, user))
+        for i in range(3):
+            conn.execute(
+                "INSERT INTO spark_embeddings (spark_id, content, content_hash, source_type, embedding,"
+                " embedding_model, indexed) VALUES (%s, %s, %s, 'manual_entry', %s, 'm', %s)",
+                (spark, f"chunk {i}", f"{i:064d}", vector, i == 0),
+            )
+    env = child_env(DATABASE_URL=migrated_url)
+    first, again = rowscope("index", env=env), rowscope("index", env=env)
+    assert (first.returncode, again.returncode) == (0, 0), first.stderr + again.stderr
+    assert (first.stdout, again.stdout) == ("indexed 2 chunk(s)\n", "indexed 0 chunk(s)\n")
+    with psycopg.connect(libpq(migrated_url)) as conn:
+        assert conn.execute("SELECT bool_and(indexed) FROM spark_embeddings").fetchone() == (True,)
+
+
 def test_keys_create_prints_only_the_key_and_the_database_keeps_only_its_sha256(migrated_url: str) -> None:
     """Our choice: the key is shown once on stdout (scriptable); the database stores a hash, never the key."""
     env = child_env(DATABASE_URL=migrated_url)

@@ -65,9 +65,17 @@ def build_runtime(settings: Settings, database_url: str, *, stdio_user: uuid.UUI
 def build_mcp(runtime: Runtime) -> MCPServer[Runtime]:
     @contextlib.asynccontextmanager
     async def lifespan(_: MCPServer[Runtime]) -> AsyncIterator[Runtime]:
+        # Entered once per process on every transport (HTTP, stdio, in-process clients), so the
+        # background indexer lives as long as the server does.
         await runtime.start()
         try:
-            yield runtime
+            async with anyio.create_task_group() as tasks:
+                if runtime.indexer is not None:
+                    await tasks.start(runtime.indexer.run)
+                try:
+                    yield runtime
+                finally:
+                    tasks.cancel_scope.cancel()
         finally:
             await runtime.close()
 

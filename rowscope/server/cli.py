@@ -1,4 +1,4 @@
-"""The ``rowscope`` command: serve | stdio | migrate | users | keys | demo.
+"""The ``rowscope`` command: serve | stdio | migrate | index | users | keys | demo.
 
 Settings come from the environment (one :class:`Settings`), and flags given here override them;
 nothing else reads the environment.
@@ -26,7 +26,8 @@ from rowscope.auth.passwords import PasswordError, set_password
 from rowscope.db import accounts, migrate
 from rowscope.db.accounts import AccountError
 from rowscope.db.engine import Database, DatabaseUrl
-from rowscope.db.policy import PolicyError
+from rowscope.db.indexer import Indexer
+from rowscope.db.policy import PolicyError, load_policy
 from rowscope.server.database import DatabaseSetupError, require_current_schema, resolve_database
 from rowscope.server.settings import Settings
 from rowscope.server.workers import listening_socket, run_workers
@@ -58,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     stdio.add_argument("--user", required=True, metavar="EMAIL")
 
     sub.add_parser("migrate", help="migrate the database to the newest schema")
+    sub.add_parser("index", help="add every knowledge chunk still waiting for the background indexer")
 
     users = sub.add_parser("users", help="manage users").add_subparsers(dest="action", required=True)
     add = users.add_parser("add", help="create a user")
@@ -203,6 +205,24 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index(settings: Settings, args: argparse.Namespace) -> int:
+    knowledge = load_policy(settings.policy).knowledge
+    if knowledge is None or knowledge.indexed_column is None:
+        print("nothing to do: this policy's knowledge store indexes chunks as they are inserted")
+        return 0
+    url, _embedded = _database(settings)
+
+    async def run() -> int:
+        database = Database(DatabaseUrl.parse(url), pool_size=1)
+        try:
+            return await Indexer(database, knowledge, batch_size=settings.index_batch_size).drain()
+        finally:
+            await database.dispose()
+
+    print(f"indexed {anyio.run(run)} chunk(s)")
+    return 0
+
+
 def _read_password() -> str:
     password = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else getpass.getpass("Password: ")
     if not password:
@@ -295,6 +315,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "serve": cmd_serve,
     "stdio": cmd_stdio,
     "migrate": cmd_migrate,
+    "index": cmd_index,
     "users": cmd_users,
     "keys": cmd_keys,
     "clients": cmd_clients,

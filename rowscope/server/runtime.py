@@ -1,4 +1,5 @@
-"""What a running rowscope holds: the database pool, the compiled policy and the embedder.
+"""What a running rowscope holds: the database pool, the compiled policy, the embedder and, when the
+knowledge store defers indexing, the background indexer (run by the MCP server's lifespan).
 
 Built by :func:`rowscope.server.app.build` from the settings, started inside the MCP server's
 lifespan (which reflects the policy's tables), and reached by tools through
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import MetaData
 
 from rowscope.db.engine import Database
+from rowscope.db.indexer import Indexer
 from rowscope.db.policy import CompiledPolicy, PolicyFile
 from rowscope.embeddings import Embedder
 from rowscope.server.settings import Settings
@@ -30,6 +32,8 @@ class Runtime:
     # The one user every request runs as on stdio; None over HTTP, where the token names the user.
     stdio_user: uuid.UUID | None = None
     _policy: CompiledPolicy | None = field(default=None, init=False)
+    # Built by start() when the policy's knowledge store has an indexed_column; None otherwise.
+    indexer: Indexer | None = field(default=None, init=False)
 
     @property
     def policy(self) -> CompiledPolicy:
@@ -48,6 +52,14 @@ class Runtime:
             # A callable `only` skips absent tables, so CompiledPolicy can name them in its error.
             await conn.run_sync(lambda sync: metadata.reflect(sync, only=lambda name, _: name in tables))
         self._policy = CompiledPolicy(self.policy_file, metadata)
+        knowledge = self.policy_file.knowledge
+        if knowledge is not None and knowledge.indexed_column is not None:
+            self.indexer = Indexer(
+                self.database,
+                knowledge,
+                batch_size=self.settings.index_batch_size,
+                interval=self.settings.index_interval,
+            )
 
     async def close(self) -> None:
         await self.embedder.aclose()

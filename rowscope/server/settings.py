@@ -93,6 +93,18 @@ class Settings(BaseSettings):
     max_content_chars: int = Field(
         default=2_000_000, ge=1, description="Largest text add_training_content accepts."
     )
+    index_batch_size: int = Field(
+        default=200,
+        ge=1,
+        le=10_000,
+        description="Chunks the background indexer adds to the HNSW index per transaction.",
+    )
+    index_interval: float = Field(
+        default=30.0,
+        gt=0,
+        le=86_400,
+        description="Seconds between the background indexer's passes when no insert wakes it.",
+    )
 
     oidc_issuer: str | None = Field(
         default=None,

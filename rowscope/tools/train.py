@@ -5,7 +5,8 @@ chunks the spark already has are skipped before anything is embedded; the rest a
 batches (with progress notifications) and inserted in one transaction with ``ON CONFLICT DO
 NOTHING``. Embedding happens before the transaction opens, so a failing embedder adds nothing and
 holds no locks. The item id is derived from the spark and the text, so adding the same text again
-returns the same item with zero chunks added.
+returns the same item with zero chunks added. New chunks are searchable as soon as they commit; the
+background indexer, woken right after, adds them to the HNSW graph (db/indexer.py).
 """
 
 from __future__ import annotations
@@ -106,6 +107,8 @@ async def add_training_content(
         async with rt.database.user_transaction(user) as conn:
             await require_spark(ctx, store, conn, spark_id, "write")
             added = await store.insert(conn, rows)
+        if added and rt.indexer is not None:
+            rt.indexer.wake()  # committed: the background indexer puts the new chunks in the graph
     return TrainingAdded(
         item_id=item_id,
         spark_id=spark_id,
