@@ -560,6 +560,37 @@ async def test_the_one_round_trip_read_is_as_transaction_local_as_a_user_transac
         await database.dispose()
 
 
+async def test_a_kept_read_shape_is_rebound_to_each_user_and_built_once(
+    rt: Runtime, admin: sa.Engine
+) -> None:
+    """``Database.read_shaped`` keeps a request shape's SQL and reuses it for every user, rebinding
+    only the user: each still reads exactly their own rows (a statement still naming the first user
+    would read nothing for the others — lock 1 would ask for the first user's rows and lock 2 would
+    allow only the caller's), and the statement is built once."""
+    exposed = rt.policy.models["PortfolioItem"]
+    built: list[uuid.UUID] = []
+
+    def builder(user: uuid.UUID) -> Any:
+        def build() -> Any:
+            built.append(user)
+            scope = rt.policy.model_scope("PortfolioItem", user, exposed.table)
+            return sa.select(exposed.columns["id"]).where(scope)
+
+        return build
+
+    shape = ("test", "PortfolioItem", uuid.uuid4())
+    for user in (demo.ALICE, demo.BOB, demo.CAROL, demo.ALICE):
+        rows = await rt.database.read_shaped(user, shape, builder(user))
+        expected = visible_ids(admin, "PortfolioItem", user)
+        assert expected, "every demo user owns portfolio items"
+        assert {row["id"] for row in rows} == expected
+    assert built == [demo.ALICE]
+
+    with pytest.raises(RuntimeError, match="another user"):
+        # A statement naming someone other than the user it runs as is refused before it is kept.
+        await rt.database.read_shaped(demo.BOB, ("test", uuid.uuid4()), builder(demo.ALICE))
+
+
 USER_TABLES = [p.values[0] for p in RLS_EXPECTED]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Hashable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -22,10 +22,13 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import text
+from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.engine.interfaces import Compiled
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql import Select
+
+from rowscope.db.policy import USER_PARAM
 
 _SCHEMES = {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg_async"}
 
@@ -57,6 +60,7 @@ class DatabaseUrl:
 TOOL_ROLE = "rowscope_tool"  # created by migration 0002; NOLOGIN, NOBYPASSRLS
 SWITCH_TO_USER = text("SELECT set_config('role', :role, true), set_config('rowscope.user_id', :uid, true)")
 COMPILED_CACHE_SIZE = 512  # distinct read shapes kept compiled (the model's filters vary the shape)
+SHAPE_CACHE_SIZE = 512  # distinct read requests (less the user) kept as ready SQL and parameters
 _SWITCH_SQL = "SELECT set_config('role', %s, true), set_config('rowscope.user_id', %s, true)"
 
 
@@ -65,6 +69,12 @@ class _Compiled:
     sql: str
     compiled: Compiled
     processors: dict[str, Any]  # parameter name -> the dialect's bind processor for its type
+
+
+@dataclass(frozen=True)
+class _Shaped:
+    sql: str
+    params: dict[str, Any]  # as sent, the user's (USER_PARAM, if the statement names one) to rebind
 
 
 class Database:
@@ -76,6 +86,7 @@ class Database:
             connect_args["prepare_threshold"] = None
         self.url = url
         self._compiled: OrderedDict[Any, _Compiled] = OrderedDict()
+        self._shapes: OrderedDict[Hashable, _Shaped] = OrderedDict()
         # The read tools' pool (read_as): psycopg's own, autocommit, so a read is one pipeline with
         # no SQLAlchemy checkout, greenlet hop or reset around it. Opened by the first read.
         self._reads: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
@@ -96,6 +107,8 @@ class Database:
             pool_recycle=1800,
             connect_args=connect_args,
         )
+        dialect = self.engine.dialect
+        self._user_bind = UUID(as_uuid=True).dialect_impl(dialect).bind_processor(dialect)
 
     async def _connect_as(self, user_id: uuid.UUID) -> AsyncConnection:
         """A pooled connection in a transaction already switched to the user. A connection found
@@ -142,6 +155,42 @@ class Database:
         if sql is None:
             async with self.user_transaction(user_id) as conn:
                 return [dict(row) for row in (await conn.execute(statement)).mappings()]
+        return await self._run(user_id, sql, params)
+
+    async def read_shaped(
+        self, user_id: uuid.UUID, shape: Hashable | None, build: Callable[[], Select[Any]]
+    ) -> list[dict[str, Any]]:
+        """:meth:`read_as` for a read tool's request, keyed by its ``shape``: everything its statement
+        is built from except the user (the model, fields, filter, order and page, as the request gave
+        them). The first request of a shape builds the statement (``build()``, for this user) and
+        compiles it; a later one of the same shape, for any user, skips both and reuses that SQL and
+        its parameters with only the user rebound. That is sound because the policy names the user
+        in one parameter and nowhere else (``USER_PARAM``), which is checked here when a shape is
+        first kept; and lock 2 holds regardless: the transaction is switched to ``user_id`` and
+        row-level security checks every row against it. ``shape=None``: build every time."""
+        entry = self._shapes.get(shape) if shape is not None else None
+        if entry is None:
+            statement = build()
+            sql, params = self._compile(statement)
+            if sql is None or shape is None:
+                return await self.read_as(user_id, statement)
+            if USER_PARAM in params and params[USER_PARAM] != self._user_value(user_id):
+                raise RuntimeError("a read statement names another user than the one it runs as")
+            entry = self._shapes[shape] = _Shaped(sql, params)
+            if len(self._shapes) > SHAPE_CACHE_SIZE:
+                del self._shapes[next(iter(self._shapes))]
+        else:
+            self._shapes.move_to_end(shape)
+        params = entry.params
+        if USER_PARAM in params:
+            params = params | {USER_PARAM: self._user_value(user_id)}
+        return await self._run(user_id, entry.sql, params)
+
+    def _user_value(self, user_id: uuid.UUID) -> Any:
+        """The user's id as psycopg is sent it for USER_PARAM (its type's bind processor applied)."""
+        return user_id if self._user_bind is None else self._user_bind(user_id)
+
+    async def _run(self, user_id: uuid.UUID, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         if self._reads.closed:
             await self._reads.open()  # the first read of the process opens the pool
         for attempt in (1, 2):

@@ -38,7 +38,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
-from sqlalchemy import Column, ColumnElement, MetaData, Table, and_, exists, false, literal, or_, select, true
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    MetaData,
+    Table,
+    and_,
+    bindparam,
+    exists,
+    false,
+    or_,
+    select,
+    true,
+)
 from sqlalchemy.dialects.postgresql import UUID
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")]
@@ -251,6 +263,9 @@ class ExposedModel:
     description: str
 
 
+USER_PARAM = "rowscope_user"  # the bound parameter every predicate names the signed-in user by
+
+
 class CompiledPolicy:
     """A policy bound to the database's tables (reflected), ready to produce predicates."""
 
@@ -384,7 +399,10 @@ class CompiledPolicy:
         return self._cached(("ids", access, mode, user_id), build)
 
     def _compile(self, rule: Rule, t: Any, uid: uuid.UUID) -> ColumnElement[bool]:
-        bound = literal(uid, UUID(as_uuid=True))
+        # Every reference to the user is this one named parameter, so a statement's SQL never holds
+        # the user's id anywhere else and can be reused for another user by rebinding only it
+        # (Database.read_shaped).
+        bound = bindparam(USER_PARAM, uid, type_=UUID(as_uuid=True))
         if isinstance(rule, OwnerRule):
             return t.c[rule.owner] == bound  # type: ignore[no-any-return]
         if isinstance(rule, FlagRule):

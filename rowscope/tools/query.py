@@ -9,11 +9,12 @@ every value bound. Only allowlisted scalar columns are selected, so relation fie
 from __future__ import annotations
 
 import decimal
+import json
 from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import Context
 from pydantic import BaseModel, Field
-from sqlalchemy import and_, func
+from sqlalchemy import Select, and_, func
 from sqlalchemy import select as sql_select
 
 from rowscope.db.filters import (
@@ -90,6 +91,18 @@ def _json_rows(rows: list[dict[str, Any]], exposed: ExposedModel, fields: list[s
     return rows
 
 
+MAX_SHAPE_FILTER = 2048  # characters of filter JSON; a longer one is built for each call
+
+
+def _shape(tool: str, model: str, where: dict[str, Any] | None, *rest: Any) -> tuple[Any, ...] | None:
+    """A read request's identity less the user, for ``Database.read_shaped``: the tool, the model,
+    the filter as its JSON text (dict order kept, so only identical filters share a shape) and the
+    rest of what the request asked for, exactly as given; ``None`` when the filter is too long to be
+    worth keeping (long IN lists)."""
+    text = json.dumps(where, separators=(",", ":"))
+    return None if len(text) > MAX_SHAPE_FILTER else (tool, model, text, *rest)
+
+
 def _order(model: ExposedModel, order_by: list[dict[str, Direction]] | None) -> list[tuple[str, str]]:
     order: list[tuple[str, str]] = []
     for item in order_by or []:
@@ -134,30 +147,34 @@ async def query_records(
             f"{model} has no field {unknown[0]!r} to select; allowed: {', '.join(exposed.columns)}"
         )
     order = _order(exposed, order_by)
-    condition = and_(
-        rt.policy.model_scope(model, user, exposed.table),
-        WhereCompiler(model, exposed.columns).compile(where),
-    )
-    if cursor is not None:
-        cursor_order, values = decode_cursor(cursor)
-        if cursor_order != order:
-            raise FilterError("this cursor belongs to a query with a different order_by")
-        condition = and_(condition, after_cursor(exposed.columns, order, values))
     wanted = list(dict.fromkeys([*fields, *(f for f, _ in order)]))
-    statement = (
-        sql_select(*(exposed.columns[f] for f in wanted))
-        .where(condition)
-        .order_by(
-            *(
-                exposed.columns[f].asc().nulls_last()
-                if d == "asc"
-                else exposed.columns[f].desc().nulls_first()
-                for f, d in order
-            )
+
+    def build() -> Select[Any]:
+        condition = and_(
+            rt.policy.model_scope(model, user, exposed.table),
+            WhereCompiler(model, exposed.columns).compile(where),
         )
-        .limit(take + 1)
-    )
-    rows = await rt.database.read_as(user, statement)
+        if cursor is not None:
+            cursor_order, values = decode_cursor(cursor)
+            if cursor_order != order:
+                raise FilterError("this cursor belongs to a query with a different order_by")
+            condition = and_(condition, after_cursor(exposed.columns, order, values))
+        return (
+            sql_select(*(exposed.columns[f] for f in wanted))
+            .where(condition)
+            .order_by(
+                *(
+                    exposed.columns[f].asc().nulls_last()
+                    if d == "asc"
+                    else exposed.columns[f].desc().nulls_first()
+                    for f, d in order
+                )
+            )
+            .limit(take + 1)
+        )
+
+    shape = _shape("query", model, where, tuple(wanted), tuple(order), take, cursor)
+    rows = await rt.database.read_shaped(user, shape, build)
     more = len(rows) > take
     rows = rows[:take]
     next_cursor = encode_cursor(order, [rows[-1][f] for f, _ in order]) if more else None
@@ -174,10 +191,13 @@ async def count_records(ctx: Context[Any], model: ModelName, where: Where = None
     rt = runtime(ctx)
     user = current_user(ctx)
     exposed = exposed_model(ctx, model)
-    condition = and_(
-        rt.policy.model_scope(model, user, exposed.table),
-        WhereCompiler(model, exposed.columns).compile(where),
-    )
-    statement = sql_select(func.count().label("count")).select_from(exposed.table).where(condition)
-    (row,) = await rt.database.read_as(user, statement)
+
+    def build() -> Select[Any]:
+        condition = and_(
+            rt.policy.model_scope(model, user, exposed.table),
+            WhereCompiler(model, exposed.columns).compile(where),
+        )
+        return sql_select(func.count().label("count")).select_from(exposed.table).where(condition)
+
+    (row,) = await rt.database.read_shaped(user, _shape("count", model, where), build)
     return CountResult(model=model, count=row["count"])
