@@ -125,13 +125,23 @@ async def drive(
     return Run(clients, len(latencies), elapsed, latencies, cpu, errors)
 
 
-def http_caller(port: int, body: bytes, headers: dict[str, str], check: Callable[[int, bytes], bool]) -> Any:
-    request = http_request(port, "/mcp", body, headers)
+def http_caller(
+    port: int,
+    body: bytes | Callable[[], bytes],
+    headers: dict[str, str],
+    check: Callable[[int, bytes], bool],
+) -> Any:
+    """Callers of one request, pre-encoded; or, with ``body`` a function, a new body every call."""
+    fixed = http_request(port, "/mcp", body, headers) if isinstance(body, bytes) else None
 
     async def make() -> tuple[Call, Callable[[], Awaitable[None]]]:
         conn = await HttpConnection.open(port)
 
         async def call() -> bool:
+            request = fixed
+            if request is None:
+                assert callable(body)
+                request = http_request(port, "/mcp", body(), headers)
             status, payload = await conn.call(request)
             return check(status, payload)
 

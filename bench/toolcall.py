@@ -8,8 +8,10 @@ Servers (each its own process on 127.0.0.1, one at a time, the same database):
   JSON responses), served by uvicorn the same way; with 1 and 2 workers;
 * ``rowscope`` — ``query_records`` (model PortfolioItem, 20 rows of the token's user) behind its
   bearer guard; the token is minted by ``rowscope.auth.store.issue_tokens`` for a registered client
-  (the same row the /token endpoint writes); with 1 and 2 workers; and once more with one worker and
-  ``ROWSCOPE_DIRECT_TOOL_CALLS=false``, every call through the SDK's per-request session;
+  (the same row the /token endpoint writes); with 1 and 2 workers; with one worker, also with a
+  filter never seen before in every call (``{"title": {"not": <random>}}``, still 20 rows), so no
+  kept read shape is reused and each call builds and compiles its statement; and once more with one
+  worker and ``ROWSCOPE_DIRECT_TOOL_CALLS=false``, every call through the SDK's per-request session;
 * ``psycopg direct`` — the same SQL in the same kind of transaction (tool role, ``rowscope.user_id``,
   row-level security) from this process, no HTTP: the database's share of a call;
 * ``toolbox`` — Google's MCP Toolbox for Databases (Go binary from npm) serving an equivalent
@@ -197,7 +199,7 @@ Plan = dict[int, int]  # clients -> requests
 
 
 async def measure_http(
-    port: int, body: bytes, headers: dict[str, str], plan: Plan, max_seconds: float
+    port: int, body: bytes | Callable[[], bytes], headers: dict[str, str], plan: Plan, max_seconds: float
 ) -> dict[int, Run]:
     runs = {}
     for clients, requests in plan.items():
@@ -362,6 +364,10 @@ async def run_all(args: Any, report: Report, server: Any, url: str, dsn: str, lo
     token = await mint_token(url, f"http://127.0.0.1:{port}/mcp")
     env = child_env(DATABASE_URL=url, ROWSCOPE_PORT=str(port), ROWSCOPE_HOST="127.0.0.1")
     query_body = rpc("query_records", {"model": "PortfolioItem"})
+
+    def fresh_query() -> bytes:
+        return rpc("query_records", {"model": "PortfolioItem", "where": {"title": {"not": uuid.uuid4().hex}}})
+
     auth = HEADERS | {"Authorization": f"Bearer {token}"}
 
     # The ceiling: uvicorn + this load generator, no MCP.
@@ -387,6 +393,9 @@ async def run_all(args: Any, report: Report, server: Any, url: str, dsn: str, lo
             results[f"rowscope-{workers}"] = await measure_http(port, query_body, auth, plan, max_seconds)
             if workers == 1:
                 sdk = await sdk_client_rate(port, token, 30 if smoke else 300)
+                # Every call a filter never seen before (it matches every row, so still 20 rows):
+                # no kept read shape to reuse, the statement is built and compiled for each call.
+                results["rowscope-fresh"] = await measure_http(port, fresh_query, auth, plan, max_seconds)
         if workers == 1:
             # What the direct path (rowscope/server/direct.py) buys: the same server with every call
             # going through the SDK's per-request session.
@@ -404,6 +413,13 @@ async def run_all(args: Any, report: Report, server: Any, url: str, dsn: str, lo
             floor,
             "floor",
         )
+    add_runs(
+        report,
+        "rowscope, a new filter every call (no kept read shape), 1 worker(s)",
+        results["rowscope-fresh"],
+        results["floor-1"],
+        "floor",
+    )
     add_runs(
         report,
         "rowscope, direct path off (every call through the SDK's session), 1 worker(s)",
