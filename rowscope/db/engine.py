@@ -174,8 +174,10 @@ class Database:
             sql, params = self._compile(statement)
             if sql is None or shape is None:
                 return await self.read_as(user_id, statement)
-            if USER_PARAM in params and params[USER_PARAM] != self._user_value(user_id):
+            if params.get(USER_PARAM, self._user_value(user_id)) != self._user_value(user_id):
                 raise RuntimeError("a read statement names another user than the one it runs as")
+            if USER_PARAM not in params and str(user_id) in sql:  # the user rendered into the SQL
+                return await self.read_as(user_id, statement)
             entry = self._shapes[shape] = _Shaped(sql, params)
             if len(self._shapes) > SHAPE_CACHE_SIZE:
                 del self._shapes[next(iter(self._shapes))]
