@@ -17,6 +17,11 @@ EXPECTED = {
         "rowscope query_records, 1 worker(s), 1 client(s): throughput",
         "floor, 1 worker(s), 1 client(s): throughput",
     ],
+    "inprocess": [
+        "floor: CPU per call",
+        "rowscope: CPU per call",
+        "rowscope, a new filter every call: CPU per call",
+    ],
     "retrieval": ["recall@10, tiny", "recall@10, medium", "recall@10, large", "p99 DB time, large"],
     "ingestion": ["DB-side insert (KnowledgeStore.insert)", "same document again: chunks added"],
     "oauth": ["verify_token p50 (same token, warm)", "POST /token (authorization_code), 1 client(s)"],
