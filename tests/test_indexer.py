@@ -150,7 +150,7 @@ async def test_chunks_are_inserted_unindexed_and_found_by_the_graph_walk_before_
 
     exact, exact_scans, exact_plan = await search(knowledge.KnowledgeStore(runtime.policy))
     walked, walked_scans, walked_plan = await search(
-        knowledge.KnowledgeStore(runtime.policy, exact_search_rows=0)
+        knowledge.KnowledgeStore(runtime.policy, exact_search_rows=0, hamming_search_rows=0)
     )
     assert (exact_scans, walked_scans) == (0, 1)
     assert HNSW not in exact_plan and {HNSW, BACKLOG} <= walked_plan

@@ -330,7 +330,7 @@ async def test_large_readable_sets_search_the_sign_bit_index_and_rerank_exactly(
     bits (migration 0006: its ORDER BY is the index's expression) and re-ranks the candidates by
     exact cosine, so it finds what the exact scan finds, in the same order."""
     exact_store = knowledge.KnowledgeStore(runtime.policy)
-    walking_store = knowledge.KnowledgeStore(runtime.policy, exact_search_rows=0)
+    walking_store = knowledge.KnowledgeStore(runtime.policy, exact_search_rows=0, hamming_search_rows=0)
     (vector,) = await runtime.embedder.embed(["when do tomatoes get planted"])
     index = "ix_spark_embeddings_embedding_bq_hnsw"
 

@@ -2,14 +2,22 @@
 Spark): vector search, dedup look-ups, idempotent inserts and removal. Every statement here runs
 inside a user transaction and is ANDed with the policy's read or write predicate on the parent.
 
-Search chooses between two plans, because filtered HNSW loses recall when the filter keeps few
+Search chooses between three plans, because filtered HNSW loses recall when the filter keeps few
 rows (the graph walk runs out of ``hnsw.max_scan_tuples`` before it meets ten readable chunks).
-Both start from the list of readable parent ids: row-level security's own predicate is a
+All start from the list of readable parent ids: row-level security's own predicate is a
 subquery the planner can only apply as a filter, row by row, over the whole table.
 
-* the user may read at most ``EXACT_SEARCH_ROWS`` chunks (counted first, with a bounded count):
+* the user may read at most ``exact_search_rows`` chunks (counted first, with a bounded count):
   an exact scan — the ordering expression is written so the HNSW index cannot serve it, and the
   planner reads the readable sparks' chunks through the parent-column index and sorts them;
+* estimated at most ``hamming_search_rows`` (when the policy names a ``bits_column``; Spark:
+  migration 0008): every readable chunk ranked by the exact Hamming distance of its stored sign
+  bits to the query's, an index-only scan of a covering index that reads ~26 chunks per page and
+  no full vector; the ``HAMMING_CANDIDATES`` nearest are fetched by primary key and re-ranked by
+  exact cosine. No graph, so no filter can starve it, and unindexed chunks are ranked like the
+  others; its cost is linear in the readable set, which is what bounds it. The size is estimated
+  from the bounded count (chunks per parent it met, times the parents listed), because counting a
+  large set exactly would cost every one of its searches a read of that many index entries;
 * more than that: the HNSW index with pgvector 0.8's iterative scan (``relaxed_order``), which
   keeps walking the graph until enough rows pass the filter; ``CANDIDATES`` of them are re-ranked
   by their exact distance. The index (migration 0006) is built over the embeddings' sign bits
@@ -17,13 +25,13 @@ subquery the planner can only apply as a filter, row by row, over the whole tabl
   times cheaper than a full-precision graph; the walk orders by that same expression, and the
   exact re-rank of the full vectors restores the recall the quantization loses.
 
-``bench/retrieval.py`` measures both against brute force (recall@10 ≥ 0.98, p99 ≤ 30 ms).
+``bench/retrieval.py`` measures them against brute force (recall@10 ≥ 0.98, p99 ≤ 30 ms).
 
 When the policy names an ``indexed_column`` (Spark: migration 0007), the HNSW index is partial on
 it and new chunks are inserted unindexed, so the insert never touches the graph; the walk carries
 the index's predicate, and the readable chunks not indexed yet are scored exactly and merged into
 the candidates before the re-rank, so results do not depend on how far the background indexer
-(``db/indexer.py``) has got. The exact scan covers every row either way.
+(``db/indexer.py``) has got. The exact scan and the Hamming scan cover every row either way.
 
 Inserts go through a binary ``COPY`` into a transaction-local temporary table and one
 ``INSERT … SELECT … ON CONFLICT DO NOTHING``: the same idempotence as a multi-row ``INSERT``, without
@@ -51,7 +59,6 @@ from sqlalchemy import (
     cast,
     delete,
     func,
-    literal,
     not_,
     select,
     union_all,
@@ -71,6 +78,14 @@ EF_SEARCH = 400
 # Rows the filtered HNSW scan hands back (relaxed order, by Hamming distance of the sign bits) to be
 # re-ranked exactly for the top k.
 CANDIDATES = 200
+# Readable sets above exact_search_rows and estimated at most this many, when the policy names a
+# bits_column: rank all of them by exact Hamming distance over the stored sign bits (an index-only
+# scan, ~26 chunks per page), then re-rank the best HAMMING_CANDIDATES exactly. Its cost is linear
+# in the set (~13 ms p50 at 33,000 chunks on the benchmark machine), so set it above the mid-size
+# sets and no higher.
+HAMMING_SEARCH_ROWS = 40_000
+# How many of the Hamming-nearest chunks are re-ranked by exact cosine distance.
+HAMMING_CANDIDATES = 400
 
 
 @dataclass(frozen=True)
@@ -85,11 +100,23 @@ class Hit:
 
 
 class KnowledgeStore:
-    def __init__(self, policy: CompiledPolicy, *, exact_search_rows: int = EXACT_SEARCH_ROWS) -> None:
+    def __init__(
+        self,
+        policy: CompiledPolicy,
+        *,
+        exact_search_rows: int = EXACT_SEARCH_ROWS,
+        hamming_search_rows: int = HAMMING_SEARCH_ROWS,
+    ) -> None:
         if policy.policy.knowledge is None:
             raise ValueError("the policy defines no knowledge store")
         self.policy = policy
         self.exact_search_rows = exact_search_rows
+        # Without a bits column there is nothing to scan: every set above the exact bound walks HNSW.
+        self.hamming_search_rows = (
+            max(hamming_search_rows, exact_search_rows)
+            if policy.policy.knowledge.bits_column is not None
+            else exact_search_rows
+        )
         self.spec: KnowledgeSpec = policy.policy.knowledge
         self.table: Table = policy.table(self.spec.table)
         self.parent: Table = policy.table(policy.policy.access[self.spec.access].table)
@@ -154,16 +181,18 @@ class KnowledgeStore:
         # row-level security's subquery it would scan the whole table).
         listed = bindparam("readable_parents", list(parents), type_=ARRAY(UUID(as_uuid=True)))
         by_id = [self._c(s.parent_column) == any_(listed), *filters]
-        counted = select(literal(1)).where(*by_id).limit(self.exact_search_rows + 1).subquery()
-        kept = (await conn.execute(select(func.count()).select_from(counted))).scalar_one()
+        counted = (
+            select(self._c(s.parent_column).label("parent"))
+            .where(*by_id)
+            .limit(self.exact_search_rows + 1)
+            .subquery()
+        )
+        kept, seen = (await conn.execute(select(func.count(), func.count(counted.c.parent.distinct())))).one()
         exact = kept <= self.exact_search_rows
-        if exact:
-            conditions = by_id
-        else:
-            conditions = [
-                self._c(s.parent_column).in_(self.policy.access_ids(s.access, "read", user)),
-                *filters,
-            ]
+        # Above that, the size of the whole set estimated from the parents the count met (chunks
+        # per parent seen, times the parents listed): counting a set exactly costs a read of every
+        # one of its entries, which a large set would pay on every search only to be walked.
+        estimate = kept * (1 if parent_id is not None else len(parents)) / max(seen, 1)
         query = bindparam("query_vector", list(vector), type_=Vector(s.dimensions))
         distance = self._c(s.vector_column).op("<=>", return_type=Float)(query)
         similarity = (1 - distance).label("similarity")
@@ -176,6 +205,33 @@ class KnowledgeStore:
             self._c(s.metadata_column).label("metadata"),
             similarity,
         )
+        if not exact and s.bits_column is not None and estimate <= self.hamming_search_rows:
+            # Every readable chunk ranked by the Hamming distance of its stored sign bits: the
+            # filter and the distance name only columns of the covering index (migration 0008), so
+            # the scan is index-only and never reads a full vector; the column is not the HNSW
+            # index's expression, so the graph cannot serve it, and unindexed chunks are ranked
+            # like the others. The set is not counted again (that would read it twice): one the
+            # estimate put too low is ranked whole all the same, correctly and more slowly.
+            query_bits = func.binary_quantize(cast(query, Vector(s.dimensions)))
+            distance_bits = self._c(s.bits_column).op("<~>", return_type=Integer)(query_bits)
+            closest = (
+                select(self._c("id"))
+                .where(*by_id)
+                .order_by(distance_bits)
+                .limit(max(HAMMING_CANDIDATES, 4 * top_k))
+            )
+            # The nearest few hundred, fetched by primary key and re-ranked by exact cosine.
+            ranked = (
+                select(*columns).where(self._c("id").in_(closest)).order_by(similarity.desc()).limit(top_k)
+            )
+            return [Hit(**row) for row in (await conn.execute(ranked)).mappings()]
+        if exact:
+            conditions = by_id
+        else:
+            conditions = [
+                self._c(s.parent_column).in_(self.policy.access_ids(s.access, "read", user)),
+                *filters,
+            ]
         statement = select(*columns).where(and_(*conditions))
         if exact:
             # ORDER BY the selected similarity: no index matches it, so the planner reads the

@@ -12,9 +12,10 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pgvector.sqlalchemy import Vector
+from pgvector.sqlalchemy import BIT, Vector
 from sqlalchemy import (
     Boolean,
+    Computed,
     DateTime,
     ForeignKey,
     Index,
@@ -171,6 +172,14 @@ class SparkEmbedding(Timestamps, Base):
         ),
         # The backlog, by parent: what the indexer drains and search scores exactly meanwhile.
         Index("ix_spark_embeddings_unindexed", "spark_id", postgresql_where=text("NOT indexed")),
+        # Everything the Hamming plan for mid-size readable sets reads (migration 0008), so it is
+        # an index-only scan: the sign bits of a parent's chunks without their full vectors.
+        Index(
+            "ix_spark_embeddings_sign_bits",
+            "spark_id",
+            "embedding_model",
+            postgresql_include=["source_type", "id", "embedding_bits"],
+        ),
     )
     id: Mapped[uuid.UUID] = _id()
     spark_id: Mapped[uuid.UUID] = mapped_column(
@@ -189,6 +198,11 @@ class SparkEmbedding(Timestamps, Base):
     # Whether the row is in the HNSW graph yet (migration 0007). True by default, so other writers'
     # rows are indexed at once; rowscope's inserts set it false and leave the graph to db/indexer.py.
     indexed: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
+    # The embedding's sign bits, computed and stored by the database on insert (migration 0008):
+    # 192 bytes in line, read by search's Hamming plan through ix_spark_embeddings_sign_bits.
+    embedding_bits: Mapped[str] = mapped_column(
+        BIT(EMBEDDING_DIMENSIONS), Computed(SIGN_BITS, persisted=True), nullable=False
+    )
 
 
 class ApiKey(Timestamps, Base):

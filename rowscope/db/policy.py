@@ -157,6 +157,10 @@ class KnowledgeSpec(_Strict):
     # scores those exactly until the background indexer (db/indexer.py) sets it; unset, chunks are
     # indexed as they are inserted.
     indexed_column: Name | None = None
+    # A column holding each vector's sign bits (``bit(dimensions)``, Spark: migration 0008), covered
+    # by an index on the parent column. Set, search ranks mid-size readable sets by exact Hamming
+    # distance over it and re-ranks the best by exact cosine; unset, they take the HNSW walk.
+    bits_column: Name | None = None
 
 
 class PolicyFile(_Strict):
@@ -312,6 +316,7 @@ class CompiledPolicy:
                     k.source_id_column,
                     k.metadata_column,
                     *([k.indexed_column] if k.indexed_column else []),
+                    *([k.bits_column] if k.bits_column else []),
                 ],
                 "knowledge",
             )
