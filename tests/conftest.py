@@ -147,6 +147,19 @@ def client_as(
     return connect
 
 
+def table_schema(engine: sa.Engine, table: str) -> tuple[set[str], dict[str, str]]:
+    """A table's column names and its indexes (name -> definition), as the migration tests compare
+    them before and after a downgrade and upgrade."""
+    with engine.connect() as conn:
+        columns = conn.execute(
+            sa.text("SELECT column_name FROM information_schema.columns WHERE table_name = :t"), {"t": table}
+        ).scalars()
+        indexes = conn.execute(
+            sa.text("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = :t"), {"t": table}
+        ).all()
+        return set(columns), {name: definition for name, definition in indexes}
+
+
 def structured(result: Any) -> dict[str, Any]:
     assert not result.is_error, result.content
     assert isinstance(result.structured_content, dict)

@@ -16,7 +16,7 @@ from alembic import command
 
 from rowscope.db import knowledge, migrate
 from rowscope.server.runtime import Runtime
-from tests.conftest import USERS
+from tests.conftest import USERS, table_schema
 
 pytestmark = pytest.mark.anyio
 
@@ -206,17 +206,8 @@ def test_migration_0008_downgrades_and_upgrades_again(pg_admin: Callable[[str], 
     engine = sa.create_engine(url)
 
     def shape() -> tuple[int, set[str]]:
-        with engine.connect() as conn:
-            columns = conn.execute(
-                sa.text(
-                    "SELECT count(*) FROM information_schema.columns "
-                    "WHERE table_name = 'spark_embeddings' AND column_name = 'embedding_bits'"
-                )
-            ).scalar_one()
-            indexes = conn.execute(
-                sa.text("SELECT indexname FROM pg_indexes WHERE tablename = 'spark_embeddings'")
-            ).scalars()
-            return int(columns), set(indexes)
+        columns, indexes = table_schema(engine, "spark_embeddings")
+        return int("embedding_bits" in columns), set(indexes)
 
     try:
         command.upgrade(config, "head")

@@ -25,7 +25,7 @@ from rowscope.server import demo
 from rowscope.server.app import build_mcp, build_runtime
 from rowscope.server.runtime import Runtime
 from rowscope.server.settings import Settings
-from tests.conftest import USERS, structured
+from tests.conftest import USERS, structured, table_schema
 
 pytestmark = pytest.mark.anyio
 
@@ -309,17 +309,8 @@ def test_migration_0007_downgrades_to_the_full_index_and_upgrades_again(
     engine = sa.create_engine(url)
 
     def shape() -> tuple[bool, dict[str, str]]:
-        with engine.connect() as conn:
-            has_flag = conn.execute(
-                sa.text(
-                    "SELECT count(*) FROM information_schema.columns "
-                    "WHERE table_name = 'spark_embeddings' AND column_name = 'indexed'"
-                )
-            ).scalar_one()
-            indexes = conn.execute(
-                sa.text("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'spark_embeddings'")
-            ).all()
-        return bool(has_flag), {name: definition for name, definition in indexes}
+        columns, indexes = table_schema(engine, "spark_embeddings")
+        return "indexed" in columns, indexes
 
     try:
         command.upgrade(config, "head")
