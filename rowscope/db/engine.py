@@ -61,7 +61,6 @@ TOOL_ROLE = "rowscope_tool"  # created by migration 0002; NOLOGIN, NOBYPASSRLS
 SWITCH_TO_USER = text("SELECT set_config('role', :role, true), set_config('rowscope.user_id', :uid, true)")
 COMPILED_CACHE_SIZE = 512  # distinct read shapes kept compiled (the model's filters vary the shape)
 SHAPE_CACHE_SIZE = 512  # distinct read requests (less the user) kept as ready SQL and parameters
-_SWITCH_SQL = "SELECT set_config('role', %s, true), set_config('rowscope.user_id', %s, true)"
 
 
 @dataclass(frozen=True)
@@ -109,6 +108,8 @@ class Database:
         )
         dialect = self.engine.dialect
         self._user_bind = UUID(as_uuid=True).dialect_impl(dialect).bind_processor(dialect)
+        # The switch as psycopg takes it, for the pipelined reads: one statement text, two forms.
+        self._switch_sql = str(SWITCH_TO_USER.compile(dialect=dialect))
 
     async def _connect_as(self, user_id: uuid.UUID) -> AsyncConnection:
         """A pooled connection in a transaction already switched to the user. A connection found
@@ -151,11 +152,7 @@ class Database:
         type's bind processor as SQLAlchemy would); the rare statement :meth:`_compile` cannot serve
         runs through :meth:`user_transaction` instead.
         """
-        sql, params = self._compile(statement)
-        if sql is None:
-            async with self.user_transaction(user_id) as conn:
-                return [dict(row) for row in (await conn.execute(statement)).mappings()]
-        return await self._run(user_id, sql, params)
+        return await self._read(user_id, statement, *self._compile(statement))
 
     async def read_shaped(
         self, user_id: uuid.UUID, shape: Hashable | None, build: Callable[[], Select[Any]]
@@ -172,12 +169,12 @@ class Database:
         if entry is None:
             statement = build()
             sql, params = self._compile(statement)
-            if sql is None or shape is None:
-                return await self.read_as(user_id, statement)
-            if params.get(USER_PARAM, self._user_value(user_id)) != self._user_value(user_id):
+            user = self._user_value(user_id)
+            if params.get(USER_PARAM, user) != user:
                 raise RuntimeError("a read statement names another user than the one it runs as")
-            if USER_PARAM not in params and str(user_id) in sql:  # the user rendered into the SQL
-                return await self.read_as(user_id, statement)
+            # Not kept: no shape, a statement _compile cannot serve, or the user rendered into the SQL.
+            if sql is None or shape is None or (USER_PARAM not in params and str(user_id) in sql):
+                return await self._read(user_id, statement, sql, params)
             entry = self._shapes[shape] = _Shaped(sql, params)
             if len(self._shapes) > SHAPE_CACHE_SIZE:
                 del self._shapes[next(iter(self._shapes))]
@@ -187,6 +184,16 @@ class Database:
         if USER_PARAM in params:
             params = params | {USER_PARAM: self._user_value(user_id)}
         return await self._run(user_id, entry.sql, params)
+
+    async def _read(
+        self, user_id: uuid.UUID, statement: Select[Any], sql: str | None, params: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """Run ``statement`` as compiled by :meth:`_compile`: pipelined, or, when ``sql`` is None,
+        through :meth:`user_transaction`."""
+        if sql is None:
+            async with self.user_transaction(user_id) as conn:
+                return [dict(row) for row in (await conn.execute(statement)).mappings()]
+        return await self._run(user_id, sql, params)
 
     def _user_value(self, user_id: uuid.UUID) -> Any:
         """The user's id as psycopg is sent it for USER_PARAM (its type's bind processor applied)."""
@@ -198,7 +205,7 @@ class Database:
         for attempt in (1, 2):
             try:
                 async with self._reads.connection() as raw:
-                    return await _pipelined_read(raw, user_id, sql, params)
+                    return await _pipelined_read(raw, self._switch_sql, user_id, sql, params)
             except psycopg.OperationalError:
                 # A connection found dead (the database restarted) is discarded by the pool, and
                 # check() discards the other dead idle ones; as in _connect_as, nothing was read
@@ -254,7 +261,7 @@ class Database:
 
 
 async def _pipelined_read(
-    raw: psycopg.AsyncConnection[Any], user_id: uuid.UUID, sql: str, params: dict[str, Any]
+    raw: psycopg.AsyncConnection[Any], switch: str, user_id: uuid.UUID, sql: str, params: dict[str, Any]
 ) -> list[dict[str, Any]]:
     """Switch to the user, read: one pipeline, one network round trip, one transaction. The
     connection is in autocommit and the two statements go out with a single Sync after them, so
@@ -264,7 +271,7 @@ async def _pipelined_read(
     A failing statement aborts the rest of the pipeline and rolls the whole back at the Sync."""
     try:
         async with raw.pipeline():
-            await raw.execute(_SWITCH_SQL, (TOOL_ROLE, str(user_id)))
+            await raw.execute(switch, {"role": TOOL_ROLE, "uid": str(user_id)})
             cursor = raw.cursor(row_factory=dict_row)
             await cursor.execute(sql, params)
         return await cursor.fetchall()
