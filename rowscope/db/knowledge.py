@@ -194,6 +194,8 @@ class KnowledgeStore:
         # one of its entries, which a large set would pay on every search only to be walked.
         estimate = kept * (1 if parent_id is not None else len(parents)) / max(seen, 1)
         query = bindparam("query_vector", list(vector), type_=Vector(s.dimensions))
+        # The query's sign bits, what both Hamming orderings below compare against.
+        query_bits = func.binary_quantize(cast(query, Vector(s.dimensions)))
         distance = self._c(s.vector_column).op("<=>", return_type=Float)(query)
         similarity = (1 - distance).label("similarity")
         columns = (
@@ -212,7 +214,6 @@ class KnowledgeStore:
             # index's expression, so the graph cannot serve it, and unindexed chunks are ranked
             # like the others. The set is not counted again (that would read it twice): one the
             # estimate put too low is ranked whole all the same, correctly and more slowly.
-            query_bits = func.binary_quantize(cast(query, Vector(s.dimensions)))
             distance_bits = self._c(s.bits_column).op("<~>", return_type=Integer)(query_bits)
             closest = (
                 select(self._c("id"))
@@ -245,7 +246,7 @@ class KnowledgeStore:
             bits = BIT(s.dimensions)
             hamming = cast(func.binary_quantize(self._c(s.vector_column)), bits).op(
                 "<~>", return_type=Integer
-            )(func.binary_quantize(cast(query, Vector(s.dimensions))))
+            )(query_bits)
             walk = statement
             if s.indexed_column is not None:
                 # The index is partial on the flag (migration 0007); the bare column repeats its
