@@ -7,8 +7,9 @@ another, with the 2025-11-25 headers unless said otherwise; rowscope with a real
 figure is this process's CPU time per call (``time.process_time``), which includes psycopg's client
 side but not PostgreSQL's; wall time is reported next to it. Rowscope is measured three ways: the same request
 each time (its read shape kept, ``Database.read_shaped``), a new filter each time (the statement
-built and compiled for every call), and the same request on the 2026-07-28 wire, which the direct
-path leaves to the SDK's own handler. All run in interleaved rounds; the median round stands.
+built and compiled for every call), and the same request on the 2026-07-28 wire (the revision the
+SDK's client speaks by default), against the floor on that wire. All run in interleaved rounds; the
+median round stands.
 
 This is where the tool-call path is profiled: ``--profile FILE`` writes a pyinstrument profile of
 rowscope's calls (HTML, or text when FILE ends in ``.txt``).
@@ -19,7 +20,6 @@ rowscope's calls (HTML, or text when FILE ends in ``.txt``).
 from __future__ import annotations
 
 import asyncio
-import json
 import statistics
 import time
 import uuid
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Report, finish, free_port, migrated_database, parser, pg_version, scratch_cluster
-from bench.toolcall import HEADERS, mint_token, rpc, seed
+from bench.toolcall import HEADERS, MODERN, mint_token, modern_call, rpc, seed
 
 ASGIApp = Callable[..., Any]
 
@@ -132,30 +132,15 @@ async def run(report: Report, url: str, smoke: bool, profile: Path | None) -> st
     def fresh() -> bytes:
         return rpc("query_records", {"model": "PortfolioItem", "where": {"title": {"not": uuid.uuid4().hex}}})
 
-    # The same call on the 2026-07-28 wire, which the direct path leaves to the SDK's handler.
-    meta = {
-        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-        "io.modelcontextprotocol/clientCapabilities": {},
-        "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "1"},
-    }
-    modern = json.dumps(
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "tools/call",
-            "params": {"name": "query_records", "arguments": {"model": "PortfolioItem"}, "_meta": meta},
-        }
-    ).encode()
-    modern_headers = auth | {
-        "MCP-Protocol-Version": "2026-07-28",
-        "Mcp-Method": "tools/call",
-        "Mcp-Name": "query_records",
-    }
+    # The same calls on the 2026-07-28 wire, the revision the SDK's client speaks by default.
+    modern, modern_headers = modern_call("query_records", {"model": "PortfolioItem"}, auth)
+    floor_modern, floor_modern_headers = modern_call("constant", {}, HEADERS)
     subjects: dict[str, Subject] = {
         "floor": (floor, lambda: rpc("constant", {}), HEADERS),
         "rowscope": (rowscope, lambda: same, auth),
         "rowscope, a new filter every call": (rowscope, fresh, auth),
-        "rowscope, 2026-07-28 wire (the SDK's handler)": (rowscope, lambda: modern, modern_headers),
+        f"floor, {MODERN} wire": (floor, lambda: floor_modern, floor_modern_headers),
+        f"rowscope, {MODERN} wire": (rowscope, lambda: modern, modern_headers),
     }
     stops = [await start(floor), await start(rowscope)]
     try:
@@ -167,12 +152,17 @@ async def run(report: Report, url: str, smoke: bool, profile: Path | None) -> st
     finally:
         for stop in stops:
             await stop()
-    floor_cpu, floor_wall = figures.pop("floor")
-    report.add("floor: CPU per call", floor_cpu, "µs")
-    report.add("floor: wall per call", floor_wall, "µs")
+    floors = {wire: figures.pop(name) for wire, name in (("", "floor"), (MODERN, f"floor, {MODERN} wire"))}
+    for wire, (cpu, wall) in floors.items():
+        name = f"floor, {wire} wire" if wire else "floor"
+        report.add(f"{name}: CPU per call", cpu, "µs")
+        report.add(f"{name}: wall per call", wall, "µs")
     for name, (cpu, wall) in figures.items():
-        report.add(f"{name}: CPU per call", cpu, "µs", baseline="floor", baseline_value=floor_cpu)
-        report.add(f"{name}: wall per call", wall, "µs", baseline="floor", baseline_value=floor_wall)
+        wire = MODERN if MODERN in name else ""  # each wire's rows against the floor on the same wire
+        base = f"floor, {wire} wire" if wire else "floor"
+        floor_cpu, floor_wall = floors[wire]
+        report.add(f"{name}: CPU per call", cpu, "µs", baseline=base, baseline_value=floor_cpu)
+        report.add(f"{name}: wall per call", wall, "µs", baseline=base, baseline_value=floor_wall)
     report.notes.append(
         f"{rounds} interleaved round(s) of {calls} sequential calls per app, medians; CPU is this "
         "process's (psycopg's client side included, PostgreSQL's not)"

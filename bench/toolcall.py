@@ -82,6 +82,24 @@ def rpc(name: str, arguments: dict[str, Any]) -> bytes:
     ).encode()
 
 
+MODERN = "2026-07-28"  # the current revision: no session, the client's envelope on every request
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": MODERN,
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "1"},
+}
+
+
+def modern_call(
+    name: str, arguments: dict[str, Any], headers: dict[str, str]
+) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of the same tools/call on the 2026-07-28 wire, as the SDK's client sends
+    it by default: the envelope in ``params._meta`` and the routing headers that must agree with it."""
+    params = {"name": name, "arguments": arguments, "_meta": MODERN_META}
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}).encode()
+    return body, headers | {"MCP-Protocol-Version": MODERN, "Mcp-Method": "tools/call", "Mcp-Name": name}
+
+
 def ok(status: int, payload: bytes) -> bool:
     return status == 200 and b'"isError":true' not in payload and b'"error"' not in payload[:40]
 

@@ -2,8 +2,9 @@
 
 Two real ``rowscope serve`` processes on the same database, one with the direct path and one
 without (``ROWSCOPE_DIRECT_TOOL_CALLS=false``), receive the same raw HTTP requests: well-formed
-read calls in every protocol version, tool failures, invalid arguments, and requests the direct
-path must hand to the SDK (other methods, write tools, batches, bad headers, malformed JSON). Every
+read calls in every protocol version, on the handshake-era wire and on the 2026-07-28 one, tool
+failures, invalid arguments, and requests the direct path must hand to the SDK (other methods,
+write tools, batches, bad headers, a broken or disagreeing 2026-07-28 envelope, malformed JSON). Every
 answer must match in status and JSON body. A separate check proves the direct path is the one that
 answered the well-formed calls, so the comparison is between two paths, not one path twice.
 """
@@ -14,14 +15,19 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx2
 import pytest
+from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
+from pydantic import Field
 from starlette.requests import Request
 
+from rowscope.server.app import build_mcp, build_runtime
 from rowscope.server.direct import DirectToolCalls
+from rowscope.server.settings import Settings
+from rowscope.tools import TOOLS
 from tests.servers import serve
 
 HEADERS = {
@@ -38,16 +44,43 @@ def call(name: str, arguments: Any = None, *, request_id: Any = 1, **params: Any
     return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": body}
 
 
+MODERN = "2026-07-28"
+ENVELOPE = {
+    "io.modelcontextprotocol/protocolVersion": MODERN,
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "test_direct", "version": "1"},
+}
+
+
+def modern(name: Any, arguments: Any = None, *, meta: Any = ENVELOPE, **params: Any) -> dict[str, Any]:
+    """A tools/call on the 2026-07-28 wire: the client's envelope in ``params._meta``."""
+    return call(name, arguments, **params, **({} if meta is None else {"_meta": meta}))
+
+
 @dataclass
 class Case:
     id: str
     body: Any
     headers: dict[str, str]
     direct: bool  # whether the direct path answers it (else the SDK does, on both servers)
+    twice: tuple[str, ...] = ()  # headers sent a second time, with the same value
 
 
 def case(id: str, body: Any, *, direct: bool, **headers: str) -> Case:
     return Case(id, body, HEADERS | {k.replace("_", "-"): v for k, v in headers.items()}, direct)
+
+
+def modern_case(id: str, body: Any, *, direct: bool, twice: tuple[str, ...] = (), **headers: str) -> Case:
+    """A case on the 2026-07-28 wire, with the routing headers a client derives from ``body``."""
+    name = body.get("params", {}).get("name") if isinstance(body, dict) else None
+    routing = {
+        "MCP-Protocol-Version": MODERN,
+        "Mcp-Method": body.get("method") if isinstance(body, dict) else "",
+    }
+    if isinstance(name, str):
+        routing["Mcp-Name"] = name
+    given = {k.replace("_", "-"): v for k, v in headers.items()}
+    return Case(id, body, HEADERS | routing | given, direct, twice)
 
 
 CASES = [
@@ -149,6 +182,120 @@ CASES = [
     case("foreign Host", call("list_sparks", {}), direct=False, Host="evil.example:80"),
     case("foreign Origin", call("list_sparks", {}), direct=False, Origin="https://evil.example"),
     case("malformed JSON", b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {', direct=False),
+    # The 2026-07-28 wire: each request carries its own envelope; there is no session.
+    modern_case("2026: query default", modern("query_records", {"model": "PortfolioItem"}), direct=True),
+    modern_case(
+        "2026: query filtered, ordered, paged",
+        modern(
+            "query_records",
+            {
+                "model": "Spark",
+                "where": {"NOT": {"visibility": "private"}},
+                "order_by": [{"title": "desc"}],
+                "take": 2,
+            },
+        ),
+        direct=True,
+    ),
+    modern_case("2026: count", modern("count_records", {"model": "Spark"}), direct=True),
+    modern_case("2026: list sparks", modern("list_sparks", {}), direct=True),
+    modern_case(
+        "2026: search knowledge", modern("search_knowledge", {"query": "brand guidelines"}), direct=True
+    ),
+    modern_case("2026: string id", modern("query_records", {"model": "Team"}, request_id="r-9"), direct=True),
+    modern_case("2026: arguments left out", modern("list_sparks"), direct=True),
+    modern_case("2026: unknown model", modern("query_records", {"model": "UserProfile"}), direct=True),
+    modern_case("2026: missing required argument", modern("query_records", {}), direct=True),
+    modern_case("2026: wrong argument type", modern("count_records", {"model": 5}), direct=True),
+    modern_case(
+        "2026: envelope without clientInfo",
+        modern("list_sparks", {}, meta={k: v for k, v in ENVELOPE.items() if not k.endswith("clientInfo")}),
+        direct=True,
+    ),
+    modern_case(
+        "2026: envelope with a progress token",
+        modern("count_records", {"model": "Spark"}, meta=ENVELOPE | {"progressToken": "p2"}),
+        direct=True,
+    ),
+    modern_case(
+        "2026: an Mcp-Param header no tool declares",
+        modern("count_records", {"model": "Spark"}),
+        direct=True,
+        Mcp_Param_Model="Spark",
+    ),
+    modern_case(
+        "2026: Accept: application/json only",
+        modern("list_sparks", {}),
+        direct=True,
+        Accept="application/json",
+    ),
+    # ... and what the SDK must answer (or reject) on that wire.
+    modern_case("2026: no envelope", modern("list_sparks", {}, meta=None), direct=False),
+    modern_case(
+        "2026: envelope without capabilities",
+        modern("list_sparks", {}, meta={k: v for k, v in ENVELOPE.items() if not k.endswith("Capabilities")}),
+        direct=False,
+    ),
+    modern_case("2026: envelope not an object", modern("list_sparks", {}, meta="2026-07-28"), direct=False),
+    modern_case(
+        "2026: envelope names an older version",
+        modern("list_sparks", {}, meta=ENVELOPE | {"io.modelcontextprotocol/protocolVersion": "2025-11-25"}),
+        direct=False,
+    ),
+    modern_case(
+        "2026: an unknown version in header and envelope",
+        modern("list_sparks", {}, meta=ENVELOPE | {"io.modelcontextprotocol/protocolVersion": "2099-01-01"}),
+        direct=False,
+        MCP_Protocol_Version="2099-01-01",
+    ),
+    modern_case(
+        "2026: Mcp-Method disagrees", modern("list_sparks", {}), direct=False, Mcp_Method="tools/list"
+    ),
+    modern_case("2026: Mcp-Method missing", modern("list_sparks", {}), direct=False, Mcp_Method=""),
+    modern_case(
+        "2026: Mcp-Name disagrees", modern("list_sparks", {}), direct=False, Mcp_Name="count_records"
+    ),
+    modern_case("2026: Mcp-Name twice", modern("list_sparks", {}), direct=False, twice=("Mcp-Name",)),
+    modern_case("2026: unknown tool", modern("drop_tables", {}), direct=False),
+    modern_case(
+        "2026: write tool",
+        modern(
+            "remove_training_content",
+            {
+                "spark_id": "00000000-0000-0000-0000-000000000000",
+                "training_item_id": "00000000-0000-0000-0000-000000000000",
+            },
+        ),
+        direct=False,
+    ),
+    modern_case(
+        "2026: tools/list",
+        {"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {"_meta": ENVELOPE}},
+        direct=False,
+    ),
+    modern_case(
+        "2026: notification",
+        {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1}},
+        direct=False,
+    ),
+    modern_case("2026: batch", [modern("list_sparks", {})], direct=False, Mcp_Method="tools/call"),
+    modern_case("2026: with requestState", modern("list_sparks", {}, requestState="opaque"), direct=False),
+    modern_case("2026: session id header", modern("list_sparks", {}), direct=False, Mcp_Session_Id="abc"),
+    modern_case(
+        "2026: Accept: text/event-stream only",
+        modern("list_sparks", {}),
+        direct=False,
+        Accept="text/event-stream",
+    ),
+    modern_case(
+        "2026: foreign Origin", modern("list_sparks", {}), direct=False, Origin="https://evil.example"
+    ),
+    modern_case(
+        "2026: malformed JSON",
+        b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {',
+        direct=False,
+        Mcp_Method="tools/call",
+    ),
 ]
 
 
@@ -166,11 +313,17 @@ def key(make_api_key: Callable[..., str]) -> str:
     return make_api_key("alice@example.com", "test_direct alice")
 
 
+def header_lines(item: Case) -> list[tuple[str, str]]:
+    """The case's headers as sent: empty values left out, ``twice`` ones repeated."""
+    lines = [(k, v) for k, v in item.headers.items() if v]
+    return lines + [(k, v) for k, v in lines if k in item.twice]
+
+
 def post(base_url: str, key: str, item: Case) -> tuple[int, Any]:
     content = item.body if isinstance(item.body, bytes) else json.dumps(item.body).encode()
-    headers = {k: v for k, v in item.headers.items() if v} | {"Authorization": f"Bearer {key}"}
-    if "Host" not in headers:
-        headers["Host"] = base_url.split("://", 1)[1]
+    headers = [*header_lines(item), ("Authorization", f"Bearer {key}")]
+    if "Host" not in item.headers:
+        headers.append(("Host", base_url.split("://", 1)[1]))
     with httpx2.Client(timeout=60) as http:
         response = http.post(f"{base_url}/mcp", content=content, headers=headers)
     if response.headers.get("content-type", "").startswith("application/json") and response.content:
@@ -200,24 +353,29 @@ def test_a_cursor_from_either_path_reads_the_same_next_page(servers: tuple[str, 
     )
 
 
-def test_the_corpus_says_which_requests_the_direct_path_takes(tmp_path: Path) -> None:
+def test_the_corpus_says_which_requests_the_direct_path_takes(database_url: str, tmp_path: Path) -> None:
     """The comparison above is only worth something if the direct path really answered the cases
-    marked direct and declined the rest: ask it, on the same requests."""
+    marked direct and declined the rest: ask it, on the same requests, with rowscope's own tools."""
     settings = TransportSecuritySettings(
         enable_dns_rebinding_protection=True, allowed_hosts=["127.0.0.1:8000"], allowed_origins=[]
     )
-    tools = frozenset({"query_records", "count_records", "list_sparks", "search_knowledge"})
-    path = DirectToolCalls(app=None, server=None, lifespan_context=None, security=settings, tools=tools)  # type: ignore[arg-type]
+    runtime = build_runtime(
+        Settings(database_url=database_url, data_dir=tmp_path, openai_api_key=None), database_url
+    )
+    server = build_mcp(runtime)
+    tools = frozenset(spec.fn.__name__ for spec in TOOLS if spec.read_only)
+    path = DirectToolCalls(app=None, server=server, lifespan_context=runtime, security=settings, tools=tools)  # type: ignore[arg-type]
 
     async def taken(item: Case) -> bool:
         content = item.body if isinstance(item.body, bytes) else json.dumps(item.body).encode()
-        headers = {k.lower(): v for k, v in item.headers.items() if v}
-        headers.setdefault("host", "127.0.0.1:8000")
+        lines = [(k.lower(), v) for k, v in header_lines(item)]
+        if "host" not in dict(lines):
+            lines.append(("host", "127.0.0.1:8000"))
         scope = {
             "type": "http",
             "method": "POST",
             "path": "/mcp",
-            "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+            "headers": [(k.encode(), v.encode()) for k, v in lines],
         }
         return await path._direct_call(Request(scope), content) is not None
 
@@ -225,3 +383,36 @@ def test_the_corpus_says_which_requests_the_direct_path_takes(tmp_path: Path) ->
 
     for item in CASES:
         assert anyio.run(taken, item) == item.direct, item.id
+    assert {item.headers["MCP-Protocol-Version"] for item in CASES if item.direct} >= {"2025-11-25", MODERN}
+
+
+def test_a_tool_that_declares_an_mcp_param_header_has_it_checked_as_the_sdk_does(tmp_path: Path) -> None:
+    """rowscope's tools declare no ``Mcp-Param-*`` header, so the corpus cannot reach that check:
+    a server whose tool binds its ``model`` argument to ``Mcp-Param-Model`` shows the direct path
+    takes a call whose header agrees and hands the SDK one that disagrees or leaves it out."""
+    server: MCPServer[Any] = MCPServer("headers")
+
+    @server.tool()
+    def tally(model: Annotated[str, Field(json_schema_extra={"x-mcp-header": "Model"})]) -> str:
+        return model
+
+    settings = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    path = DirectToolCalls(
+        app=None, server=server, lifespan_context=None, security=settings, tools=frozenset({"tally"})
+    )  # type: ignore[arg-type]
+
+    async def taken(**headers: str) -> bool:
+        item = modern_case("tally", modern("tally", {"model": "Spark"}), direct=True, **headers)
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/mcp",
+            "headers": [(k.lower().encode(), v.encode()) for k, v in header_lines(item)],
+        }
+        return await path._direct_call(Request(scope), json.dumps(item.body).encode()) is not None
+
+    import anyio
+
+    assert anyio.run(lambda: taken(Mcp_Param_Model="Spark"))
+    assert not anyio.run(lambda: taken(Mcp_Param_Model="Team"))
+    assert not anyio.run(lambda: taken())
