@@ -30,6 +30,7 @@ from sqlalchemy.sql import Select
 
 from rowscope.db.policy import USER_PARAM
 
+_IDLE = TransactionStatus.IDLE
 _SCHEMES = {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg_async"}
 
 
@@ -203,16 +204,22 @@ class Database:
         if self._reads.closed:
             await self._reads.open()  # the first read of the process opens the pool
         for attempt in (1, 2):
+            # getconn/putconn rather than connection(), which also enters the connection's own
+            # context: a commit() (or rollback()) with nothing to do on an autocommit connection
+            # _pipelined_read leaves idle, yet a measurable share of a read's CPU. putconn() still
+            # rolls back, or discards and replaces, a connection returned in a transaction or broken.
+            raw = await self._reads.getconn()
             try:
-                async with self._reads.connection() as raw:
-                    return await _pipelined_read(raw, self._switch_sql, user_id, sql, params)
+                return await _pipelined_read(raw, self._switch_sql, user_id, sql, params)
             except psycopg.OperationalError:
-                # A connection found dead (the database restarted) is discarded by the pool, and
-                # check() discards the other dead idle ones; as in _connect_as, nothing was read
-                # yet, so one fresh connection may try again.
                 if attempt == 2:
                     raise
-                await self._reads.check()
+            finally:
+                await self._reads.putconn(raw)
+            # A connection found dead (the database restarted) is discarded by the pool, and
+            # check() discards the other dead idle ones; as in _connect_as, nothing was read
+            # yet, so one fresh connection may try again.
+            await self._reads.check()
         raise AssertionError("unreachable")
 
     def _compile(self, statement: Select[Any]) -> tuple[str | None, dict[str, Any]]:
@@ -268,13 +275,18 @@ async def _pipelined_read(
     PostgreSQL runs them as one implicit transaction (the extended protocol ends it at the Sync,
     not after each statement): the transaction-local switch holds for the read and is gone with it,
     exactly as in :meth:`Database.user_transaction`, without a BEGIN and a COMMIT to send and run.
-    A failing statement aborts the rest of the pipeline and rolls the whole back at the Sync."""
+    A failing statement aborts the rest of the pipeline and rolls the whole back at the Sync.
+
+    One cursor runs both statements: the pipeline hands each statement's result to the cursor in
+    the order sent, so the read's result is the one left to fetch, and a second cursor to build
+    would cost more than the switch's own result to drop."""
     try:
         async with raw.pipeline():
-            await raw.execute(switch, {"role": TOOL_ROLE, "uid": str(user_id)})
             cursor = raw.cursor(row_factory=dict_row)
+            await cursor.execute(switch, {"role": TOOL_ROLE, "uid": str(user_id)})
             await cursor.execute(sql, params)
         return await cursor.fetchall()
     finally:
-        if not raw.closed and not raw.broken and raw.info.transaction_status != TransactionStatus.IDLE:
+        # The libpq status first: a plain attribute, where raw.info builds an object every read.
+        if raw.pgconn.transaction_status != _IDLE and not raw.closed and not raw.broken:
             await raw.execute("ROLLBACK")  # never expected (no BEGIN is sent); a guard for the pool
