@@ -123,14 +123,12 @@ async def token_endpoint(
 
 
 def guard_verifier(app: Any) -> Any:
-    """The verifier the bearer guard in front of /mcp holds, whatever its construction."""
+    """The verifier the bearer guard in front of /mcp holds (``McpFirst`` hands /mcp to it)."""
     from rowscope.auth.resource import BearerGuard
 
-    for route in app.routes:
-        inner = getattr(route, "app", None)
-        if isinstance(inner, BearerGuard):
-            return inner.verifier
-    raise RuntimeError("no BearerGuard in the app")
+    if not isinstance(app.mcp, BearerGuard):
+        raise RuntimeError("no BearerGuard in front of /mcp")
+    return app.mcp.verifier
 
 
 async def in_process(url: str, report: Report, n: int) -> None:
@@ -141,7 +139,7 @@ async def in_process(url: str, report: Report, n: int) -> None:
     settings = Settings(database_url=url, openai_api_key=None)
     runtime = build_runtime(settings, url)
     app = build_http_app(runtime)
-    async with app.router.lifespan_context(app):
+    async with app.app.router.lifespan_context(app.app):
         await runtime.start()
         database = runtime.database
         client_id = await register_client(database)

@@ -20,6 +20,7 @@ from rowscope.server.demo import DEMO_PASSWORD
 from tests.oauth import hidden_fields, pkce
 from tests.oauth_server import (
     ALICE_COACH,
+    MCP_HEADERS,
     REDIRECT,
     STATE,
     Clients,
@@ -637,6 +638,29 @@ def test_a_write_tool_called_with_a_read_only_token_gets_403_and_does_not_run(
     assert 'scope="rowscope:read rowscope:write"' in challenge
     assert server.scalar(count, s=ALICE_COACH) == chunks
     assert server.mcp(granted["access_token"]).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"[" * 100_000, id="nested-past-the-parser-s-depth"),
+        pytest.param(b'{"jsonrpc": "2.0", "id": ' + b"9" * 5000 + b"}", id="integer-past-the-digit-limit"),
+        pytest.param(b'{"jsonrpc": "2.0", "id": "\xff\xfe"}', id="not-utf-8"),
+    ],
+)
+def test_a_body_json_cannot_read_is_the_transport_s_parse_error_for_a_read_only_token_too(
+    server: Server, clients: Clients, alice: httpx2.Client, body: bytes
+) -> None:
+    """Our choice: with a read-only token the guard reads the body to look for a write tool; a body it
+    cannot parse is left to the MCP transport, which answers it as bad JSON (400), never a 500."""
+    granted = server.tokens(alice, clients.public, scope="rowscope:read")
+    headers = MCP_HEADERS | {
+        "Authorization": f"Bearer {granted['access_token']}",
+        "Content-Type": "application/json",
+    }
+    response = server.http.post(f"{server.url}/mcp", content=body, headers=headers)
+    assert response.status_code == 400, response.text[:300]
+    assert response.json()["error"]["code"] == -32700
 
 
 # -- consent and sign-in forms ------------------------------------------------------------------------

@@ -3,6 +3,7 @@ stdin/stdout by the SDK's stdio client, with only the environment the host passe
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -73,7 +74,26 @@ async def test_stdio_server_lists_the_six_tools_with_annotations_true_to_each_to
             spec.idempotent,
             False,
         ), spec.fn.__name__
-    assert tools["query_records"].output_schema is not None
+    for spec in TOOLS:  # each tool's result model, declared as its output schema
+        schema = tools[spec.fn.__name__].output_schema
+        assert schema is not None and schema["type"] == "object", spec.fn.__name__
+    assert set(tools["query_records"].output_schema["properties"]) == {"model", "rows", "next_cursor"}  # type: ignore[index]
+
+
+async def test_a_result_s_text_block_is_its_structured_content_as_compact_json(stdio_as: Any) -> None:
+    """Our choice (rowscope/tools/results.py): clients that give the model only the text block get
+    the structured content without the SDK's pretty-printing whitespace, and nothing else."""
+    async with stdio_as("alice@example.com") as client:
+        for name, arguments in [
+            ("query_records", {"model": "PortfolioItem"}),
+            ("count_records", {"model": "ChatMessage"}),
+            ("list_sparks", {}),
+        ]:
+            result = await client.call_tool(name, arguments)
+            (block,) = result.content
+            assert block.type == "text"
+            assert json.loads(block.text) == structured(result)
+            assert block.text == json.dumps(structured(result), separators=(",", ":"), ensure_ascii=False)
 
 
 async def test_every_read_tool_answers_over_stdio_with_only_the_users_own_rows(stdio_as: Any) -> None:

@@ -48,6 +48,7 @@ class BearerGuard:
         self.resource_url = resource_url
         self.metadata_url = metadata_url
         self.write_tools = write_tools
+        self.everything = scopes.render(scopes.SUPPORTED)  # the scopes every challenge names
 
     def _challenge(self, status: int, error: str | None, description: str, scope: str) -> Response:
         parts = [f'resource_metadata="{self.metadata_url}"', f'scope="{scope}"']
@@ -63,7 +64,7 @@ class BearerGuard:
         if scope["type"] != "http" or not (path == "/mcp" or path.startswith("/mcp/")):
             await self.app(scope, receive, send)  # not the MCP endpoint: the app answers 404 / 405
             return
-        everything = scopes.render(scopes.SUPPORTED)
+        everything = self.everything
         header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
         kind, _, credential = header.partition(" ")
         if kind.lower() != "bearer" or not credential.strip():
@@ -117,7 +118,7 @@ class BearerGuard:
     def _calls_write_tool(self, body: bytes) -> bool:
         try:
             payload: Any = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (ValueError, RecursionError):  # bad UTF-8 or JSON, too many digits, too deep
             return False  # not JSON-RPC; the MCP transport answers it with a parse error
         messages = payload if isinstance(payload, list) else [payload]
         return any(

@@ -11,6 +11,7 @@ from mcp.types import ToolAnnotations
 
 from rowscope.db.policy import PolicyFile
 from rowscope.tools.query import count_records, query_records
+from rowscope.tools.results import compact
 from rowscope.tools.retrieve import search_knowledge
 from rowscope.tools.sparks import list_sparks
 from rowscope.tools.train import add_training_content, remove_training_content
@@ -51,7 +52,7 @@ def register_tools(server: MCPServer[Any], policy: PolicyFile) -> None:
         if spec.fn in (query_records, count_records):
             description += f"\nModels:\n{models}"
         server.add_tool(
-            spec.fn,
+            compact(spec.fn),
             title=spec.title,
             description=description,
             annotations=ToolAnnotations(
