@@ -184,10 +184,13 @@ class DirectToolCalls:
         """The 2026-07-28 handler's checks before dispatch, each by the SDK's own function: no routing
         header twice, the ``_meta`` envelope present and agreeing with the routing headers, and any
         ``Mcp-Param-*`` header agreeing with the argument the tool's schema binds it to."""
-        headers = request.headers
-        if find_duplicated_routing_header(headers.items()) is not None:
+        # The raw header lines, decoded as Starlette decodes them; once no routing header is found
+        # twice, a dict of them holds the same routing values as the SDK's dict(request.headers)
+        # (it keeps a name's first value, this one its last), and those are all the ladder reads.
+        lines = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]]
+        if find_duplicated_routing_header(lines) is not None:
             return False
-        if isinstance(classify_inbound_request(message, headers=dict(headers)), InboundLadderRejection):
+        if isinstance(classify_inbound_request(message, headers=dict(lines)), InboundLadderRejection):
             return False
         if self._header_schemas is None:
             listed = await self.server.list_tools()
@@ -197,7 +200,7 @@ class DirectToolCalls:
                 if tool.name in self.tools and x_mcp_header_map(tool.input_schema)
             }
         schema = self._header_schemas.get(call.name)
-        return schema is None or validate_mcp_param_headers(schema, call.arguments, headers) is None
+        return schema is None or validate_mcp_param_headers(schema, call.arguments, request.headers) is None
 
     async def _answer(self, request: Request, call: _Call) -> tuple[int, dict[str, Any]]:
         """The HTTP status and JSON-RPC response the SDK's handler gives this call on its wire."""
