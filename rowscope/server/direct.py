@@ -113,6 +113,7 @@ class DirectToolCalls:
         # The 2026-07-28 results' serverInfo stamp: the SDK's Implementation of this server, as the
         # SDK dumps it (its identity is fixed once the server is built).
         self._server_info: dict[str, Any] | None = None
+        self._structured_versions: dict[str, bool] = {}  # _keeps_structured's answers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/mcp":
@@ -231,11 +232,29 @@ class DirectToolCalls:
             else:
                 log.exception("Tool %r raised an unexpected exception", call.name)
             result = CallToolResult(content=[TextContent(type="text", text=str(exc))], is_error=True)
-        dumped = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+        # The SDK's per-version shape, less the one large part: every version types structuredContent
+        # as an opaque JSON object, which the shaping keeps as it is or drops, so it is shaped
+        # without it (two passes over 20 rows fewer, ~28 µs) and put back where the version keeps it.
+        opaque = {"structured_content"}
+        dumped = result.model_dump(by_alias=True, mode="json", exclude_none=True, exclude=opaque)
         shaped = serialize_server_result(METHOD, call.version, dumped)
+        structured = result.structured_content if isinstance(result, CallToolResult) else None
+        if structured is not None and self._keeps_structured(call.version):
+            shaped["structuredContent"] = structured
         if call.modern:
             self._stamp(shaped)
         return 200, {"jsonrpc": "2.0", "id": call.id, "result": shaped}
+
+    def _keeps_structured(self, version: str) -> bool:
+        """Whether the SDK's result shape for ``version`` keeps a tool's structuredContent (it is new
+        in 2025-06-18), asked of the SDK itself once per version."""
+        keeps = self._structured_versions.get(version)
+        if keeps is None:
+            probe = CallToolResult(content=[], structured_content={"probe": True})
+            dumped = probe.model_dump(by_alias=True, mode="json", exclude_none=True)
+            shaped = serialize_server_result(METHOD, version, dumped)
+            keeps = self._structured_versions[version] = shaped.get("structuredContent") == {"probe": True}
+        return keeps
 
     def _stamp(self, result: dict[str, Any]) -> None:
         """What the SDK's runner adds to every 2026-07-28 result: ``resultType`` (required on that
