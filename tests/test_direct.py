@@ -144,7 +144,7 @@ CASES = [
         MCP_Protocol_Version="2025-06-18",
     ),
     case(
-        "protocol 2025-03-26 (no structured content)",
+        "protocol 2025-03-26",
         call("query_records", {"model": "Team"}),
         direct=True,
         MCP_Protocol_Version="2025-03-26",
