@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -558,6 +559,52 @@ async def test_the_one_round_trip_read_is_as_transaction_local_as_a_user_transac
         assert setting in (None, "")
     finally:
         await database.dispose()
+
+
+async def test_a_read_connection_kept_in_pipeline_mode_is_idle_between_reads_and_checked_for_real(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The read pool's connection stays in pipeline mode from one read to the next (the CPU of
+    entering and leaving it every read saved): between reads it is idle with nothing queued, each
+    read is still switched to its own user and nothing more, the pool's check() still probes it
+    with a round trip (and keeps it), and a failing read in between changes none of that."""
+    database = Database(DatabaseUrl.parse(database_url), pool_size=1)
+    probe = sa.select(
+        sa.func.current_user().label("role"),
+        sa.func.pg_backend_pid().label("pid"),
+        sa.func.current_setting("rowscope.user_id", True).label("setting"),
+        sa.func.now().label("now"),
+    )
+
+    async def left_idle() -> psycopg.pq.PipelineStatus:
+        """The pool's one connection as it was left: idle, and in pipeline mode or not."""
+        raw = await database._reads.getconn()
+        try:
+            assert raw.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            return psycopg.pq.PipelineStatus(raw.pgconn.pipeline_status)
+        finally:
+            await database._reads.putconn(raw)
+
+    try:
+        (first,) = await database.read_as(demo.BOB, probe)
+        assert await left_idle() == psycopg.pq.PipelineStatus.ON
+        (second,) = await database.read_as(demo.ALICE, probe)
+        assert (second["role"], second["setting"]) == (TOOL_ROLE, str(demo.ALICE))
+        assert second["pid"] == first["pid"], "the same pooled connection must be reused"
+        assert second["now"] > first["now"], "each read is a transaction of its own"
+        await database._reads.check()
+        # Out of pipeline mode, where check()'s probe went through and was answered, not just queued.
+        assert await left_idle() == psycopg.pq.PipelineStatus.OFF
+        (checked,) = await database.read_as(demo.BOB, probe)
+        assert checked["pid"] == first["pid"], "check() keeps a live connection"
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            await database.read_as(demo.BOB, sa.select((sa.literal(1) / sa.literal(0)).label("boom")))
+        (after,) = await database.read_as(demo.CAROL, probe)
+        assert (after["role"], after["setting"], after["pid"]) == (TOOL_ROLE, str(demo.CAROL), first["pid"])
+        assert await left_idle() == psycopg.pq.PipelineStatus.ON
+    finally:
+        await database.dispose()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], "closed without a warning"
 
 
 async def test_a_kept_read_shape_is_rebound_to_each_user_and_built_once(

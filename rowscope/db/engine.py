@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Hashable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -89,8 +89,9 @@ class Database:
         self._shapes: OrderedDict[Hashable, _Shaped] = OrderedDict()
         # The read tools' pool (read_as): psycopg's own, autocommit, so a read is one pipeline with
         # no SQLAlchemy checkout, greenlet hop or reset around it. Opened by the first read.
-        self._reads: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
+        self._reads: _ReadPool = _ReadPool(
             url.libpq,
+            connection_class=_ReadConnection,
             min_size=1,
             max_size=pool_size,
             kwargs=connect_args | {"autocommit": True},
@@ -267,26 +268,74 @@ class Database:
         await self.engine.dispose()
 
 
+class _ReadConnection(psycopg.AsyncConnection[Any]):
+    """A connection of the read pool, kept in pipeline mode from one read to the next.
+
+    Entering and leaving pipeline mode for every read (a context manager, the connection's lock
+    taken four times, a new Pipeline, and a Flush sent after the Sync) is a good share of a read's
+    client CPU, while a read needs only its Sync. Between reads the connection is idle with nothing
+    queued, like any other pooled connection, only still in libpq's pipeline mode. It leaves that
+    mode through psycopg's own exit (a Sync, and every result still due fetched) when a read fails,
+    and before the pool checks or closes it; the next read enters it again."""
+
+    _held: tuple[AbstractAsyncContextManager[psycopg.AsyncPipeline], psycopg.AsyncPipeline] | None = None
+
+    async def held_pipeline(self) -> psycopg.AsyncPipeline:
+        if self._held is None:
+            manager = self.pipeline()
+            self._held = (manager, await manager.__aenter__())
+        return self._held[1]
+
+    async def leave_pipeline(self, exc: BaseException | None = None) -> None:
+        """Leave pipeline mode, if in it, as ``async with conn.pipeline()`` would on ``exc``."""
+        if (held := self._held) is not None:
+            self._held = None
+            if exc is None:
+                await held[0].__aexit__(None, None, None)
+            else:
+                await held[0].__aexit__(type(exc), exc, exc.__traceback__)
+
+    async def close(self) -> None:
+        with suppress(psycopg.Error):  # a dead connection has nothing left to sync
+            await self.leave_pipeline()
+        await super().close()
+
+
+class _ReadPool(AsyncConnectionPool[_ReadConnection]):
+    @staticmethod
+    async def check_connection(conn: _ReadConnection) -> None:
+        """The pool's own probe, on a connection out of pipeline mode: in it, the probe would only
+        be queued, neither sent through to the server nor answered."""
+        await conn.leave_pipeline()
+        await AsyncConnectionPool.check_connection(conn)
+
+
 async def _pipelined_read(
-    raw: psycopg.AsyncConnection[Any], switch: str, user_id: uuid.UUID, sql: str, params: dict[str, Any]
+    raw: _ReadConnection, switch: str, user_id: uuid.UUID, sql: str, params: dict[str, Any]
 ) -> list[dict[str, Any]]:
     """Switch to the user, read: one pipeline, one network round trip, one transaction. The
     connection is in autocommit and the two statements go out with a single Sync after them, so
     PostgreSQL runs them as one implicit transaction (the extended protocol ends it at the Sync,
     not after each statement): the transaction-local switch holds for the read and is gone with it,
     exactly as in :meth:`Database.user_transaction`, without a BEGIN and a COMMIT to send and run.
-    A failing statement aborts the rest of the pipeline and rolls the whole back at the Sync.
+    A failing statement aborts the rest of the pipeline and rolls the whole back at the Sync; the
+    connection then leaves pipeline mode, which fetches whatever the failure left unread.
 
     One cursor runs both statements: the pipeline hands each statement's result to the cursor in
     the order sent, so the read's result is the one left to fetch, and a second cursor to build
     would cost more than the switch's own result to drop."""
+    pipeline = await raw.held_pipeline()
     try:
-        async with raw.pipeline():
-            cursor = raw.cursor(row_factory=dict_row)
-            await cursor.execute(switch, {"role": TOOL_ROLE, "uid": str(user_id)})
-            await cursor.execute(sql, params)
-        return await cursor.fetchall()
+        cursor = raw.cursor(row_factory=dict_row)
+        await cursor.execute(switch, {"role": TOOL_ROLE, "uid": str(user_id)})
+        await cursor.execute(sql, params)
+        await pipeline.sync()
+    except BaseException as exc:
+        await raw.leave_pipeline(exc)
+        raise
     finally:
         # The libpq status first: a plain attribute, where raw.info builds an object every read.
         if raw.pgconn.transaction_status != _IDLE and not raw.closed and not raw.broken:
+            await raw.leave_pipeline()
             await raw.execute("ROLLBACK")  # never expected (no BEGIN is sent); a guard for the pool
+    return await cursor.fetchall()
