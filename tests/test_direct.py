@@ -238,6 +238,21 @@ CASES = [
     ),
     modern_case("2026: envelope not an object", modern("list_sparks", {}, meta="2026-07-28"), direct=False),
     modern_case(
+        "2026: capabilities not an object",
+        modern("list_sparks", {}, meta=ENVELOPE | {"io.modelcontextprotocol/clientCapabilities": "all"}),
+        direct=False,
+    ),
+    modern_case(
+        "2026: clientInfo not an object",
+        modern("list_sparks", {}, meta=ENVELOPE | {"io.modelcontextprotocol/clientInfo": 5}),
+        direct=False,
+    ),
+    modern_case(
+        "2026: clientInfo without a version",
+        modern("list_sparks", {}, meta=ENVELOPE | {"io.modelcontextprotocol/clientInfo": {"name": "x"}}),
+        direct=False,
+    ),
+    modern_case(
         "2026: envelope names an older version",
         modern("list_sparks", {}, meta=ENVELOPE | {"io.modelcontextprotocol/protocolVersion": "2025-11-25"}),
         direct=False,
