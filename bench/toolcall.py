@@ -494,24 +494,16 @@ async def run_all(args: Any, report: Report, server: Any, url: str, dsn: str, lo
             paired |= ratios
             if workers == 1:
                 sdk = await sdk_client_rate(port, token, 30 if smoke else 300)
-        floor = results[f"floor-{workers}"]
-        add_runs(report, f"floor, {workers} worker(s)", floor, None, None)
-        add_runs(
-            report,
-            f"rowscope query_records, {workers} worker(s)",
-            results[f"rowscope-{workers}"],
-            floor,
-            "floor",
-        )
-        floor = results[f"floor-{workers}-{MODERN}"]
-        add_runs(report, f"floor, {MODERN} wire, {workers} worker(s)", floor, None, None)
-        add_runs(
-            report,
-            f"rowscope query_records, {MODERN} wire, {workers} worker(s)",
-            results[f"rowscope-{workers}-{MODERN}"],
-            floor,
-            f"floor on {MODERN}",
-        )
+        for wire, suffix in (("", ""), (f", {MODERN} wire", f"-{MODERN}")):
+            floor = results[f"floor-{workers}{suffix}"]
+            add_runs(report, f"floor{wire}, {workers} worker(s)", floor, None, None)
+            add_runs(
+                report,
+                f"rowscope query_records{wire}, {workers} worker(s)",
+                results[f"rowscope-{workers}{suffix}"],
+                floor,
+                f"floor{wire}",
+            )
     add_runs(
         report,
         "rowscope, a new filter every call (no kept read shape), 1 worker(s)",
