@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -75,6 +75,8 @@ class _Compiled:
 class _Shaped:
     sql: str
     params: dict[str, Any]  # as sent, the user's (USER_PARAM, if the statement names one) to rebind
+    values: frozenset[str]  # the parameters the caller binds anew on every request
+    processors: dict[str, Any]  # those of them whose type has a bind processor -> that processor
 
 
 class Database:
@@ -154,10 +156,15 @@ class Database:
         type's bind processor as SQLAlchemy would); the rare statement :meth:`_compile` cannot serve
         runs through :meth:`user_transaction` instead.
         """
-        return await self._read(user_id, statement, *self._compile(statement))
+        sql, params, _ = self._compile(statement)
+        return await self._read(user_id, statement, sql, params)
 
     async def read_shaped(
-        self, user_id: uuid.UUID, shape: Hashable | None, build: Callable[[], Select[Any]]
+        self,
+        user_id: uuid.UUID,
+        shape: Hashable | None,
+        build: Callable[[], Select[Any]],
+        values: Mapping[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
         """:meth:`read_as` for a read tool's request, keyed by its ``shape``: everything its statement
         is built from except the user (the model, fields, filter, order and page, as the request gave
@@ -166,25 +173,42 @@ class Database:
         its parameters with only the user rebound. That is sound because the policy names the user
         in one parameter and nowhere else (``USER_PARAM``), which is checked here when a shape is
         first kept; and lock 2 holds regardless: the transaction is switched to ``user_id`` and
-        row-level security checks every row against it. ``shape=None``: build every time."""
+        row-level security checks every row against it. ``shape=None``: build every time.
+
+        ``values``: parameters the statement names (``bindparam`` by these names) that are bound anew
+        on every request, each through its type's bind processor as :meth:`_compile` binds it; the
+        shape then need not hold them, only what decides the SQL text (the read tools' filter
+        structure, ``db/filters.py``), so requests that differ only in these values share a shape.
+        ``build()`` gives the statement with this request's values; a kept shape is only ever asked
+        for with the same names."""
+        values = values or {}
         entry = self._shapes.get(shape) if shape is not None else None
         if entry is None:
             statement = build()
-            sql, params = self._compile(statement)
+            sql, params, processors = self._compile(statement)
             user = self._user_value(user_id)
             if params.get(USER_PARAM, user) != user:
                 raise RuntimeError("a read statement names another user than the one it runs as")
             # Not kept: no shape, a statement _compile cannot serve, or the user rendered into the SQL.
             if sql is None or shape is None or (USER_PARAM not in params and str(user_id) in sql):
                 return await self._read(user_id, statement, sql, params)
-            entry = self._shapes[shape] = _Shaped(sql, params)
+            if USER_PARAM in values or not values.keys() <= params.keys():
+                raise RuntimeError("a read's values must be parameters of its statement, not the user")
+            processing = {name: process for name, process in processors.items() if name in values}
+            entry = self._shapes[shape] = _Shaped(sql, params, frozenset(values), processing)
             if len(self._shapes) > SHAPE_CACHE_SIZE:
                 del self._shapes[next(iter(self._shapes))]
         else:
             self._shapes.move_to_end(shape)
+            if values.keys() != entry.values:
+                raise RuntimeError("a kept read shape was asked for with other parameters")
         params = entry.params
-        if USER_PARAM in params:
-            params = params | {USER_PARAM: self._user_value(user_id)}
+        if values or USER_PARAM in params:
+            params = {**params, **values}
+            for name, process in entry.processors.items():
+                params[name] = process(params[name])
+            if USER_PARAM in params:
+                params[USER_PARAM] = self._user_value(user_id)
         return await self._run(user_id, entry.sql, params)
 
     async def _read(
@@ -223,10 +247,11 @@ class Database:
             await self._reads.check()
         raise AssertionError("unreachable")
 
-    def _compile(self, statement: Select[Any]) -> tuple[str | None, dict[str, Any]]:
+    def _compile(self, statement: Select[Any]) -> tuple[str | None, dict[str, Any], dict[str, Any]]:
         """The SQL and parameters psycopg is sent for ``statement``, each value passed through its
-        type's bind processor for this dialect exactly as SQLAlchemy's own execution would; ``(None,
-        {})`` for the rare statement this cannot serve (an IN list of a processed type). Compiled SQL
+        type's bind processor for this dialect exactly as SQLAlchemy's own execution would, and those
+        processors by parameter name (for :meth:`read_shaped` to bind new values alike); ``(None,
+        {}, {})`` for the rare statement this cannot serve (an IN list of a processed type). Compiled SQL
         is kept in a small LRU keyed by SQLAlchemy's cache key — the statement's shape without its
         values, the key SQLAlchemy's own compiled cache uses — so a repeated shape is compiled once."""
         dialect = self.engine.dialect
@@ -241,10 +266,10 @@ class Database:
             }
             if compiled.post_compile_params or key is None:
                 if processors:
-                    return None, {}
+                    return None, {}, {}
                 # An IN list expands to one placeholder per value: compiled for these values only.
                 once = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
-                return str(once), dict(once.params)
+                return str(once), dict(once.params), {}
             entry = _Compiled(str(compiled), compiled, processors)
             self._compiled[key.key] = entry
             if len(self._compiled) > COMPILED_CACHE_SIZE:
@@ -255,7 +280,7 @@ class Database:
         params = dict(entry.compiled.construct_params(extracted_parameters=key.bindparams) or {})
         for name, process in entry.processors.items():
             params[name] = process(params[name])
-        return entry.sql, params
+        return entry.sql, params, entry.processors
 
     @asynccontextmanager
     async def service_transaction(self) -> AsyncIterator[AsyncConnection]:
