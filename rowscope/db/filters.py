@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, and_, false, func, literal, not_, or_, true
+from sqlalchemy import BindParameter, Column, ColumnElement, and_, bindparam, false, func, not_, or_, true
 from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects import postgresql
 
@@ -141,43 +141,77 @@ def convert(column: Column[Any], field: str, value: Any) -> Any:
     return converter(field, value)
 
 
-class WhereCompiler:
-    """Compiles one ``where`` object for one model's allowlisted columns."""
+# A filter is planned, then built. The plan is everything the SQL text depends on, as a hashable
+# *structure* of nested tuples naming allowlisted fields and fixed operators, and apart from it the
+# request's *values*, converted, each to be bound by the name the structure gives it ("v0", "v1",
+# ... by position). Two requests with equal structures compile to the same SQL and differ only in
+# what is bound, so the read tools keep the SQL per structure (``Database.read_shaped``) and a new
+# filter of a known form costs its planning and binding, not SQLAlchemy's construction. Every
+# rule (validation, conversion, escaping) lives in the planner and only there; the builder turns
+# a structure into SQLAlchemy Core and knows no request.
+
+Node = tuple[Any, ...]
+TRUE: Node = ("true",)
+FALSE: Node = ("false",)
+LIKE_ESCAPE = "/"
+_RANGES = {"lt": "__lt__", "lte": "__le__", "gt": "__gt__", "gte": "__ge__"}
+
+
+def like_pattern(op: str, text: str) -> str:
+    """The LIKE pattern (escape character ``/``) matching text that contains, starts with or ends
+    with ``text`` literally: ``/``, ``%`` and ``_`` in it escaped, as SQLAlchemy's ``autoescape``
+    would, but in our code, so the whole pattern is a value we bind."""
+    escaped = text.replace(LIKE_ESCAPE, LIKE_ESCAPE * 2).replace("%", "/%").replace("_", "/_")
+    if op == "contains":
+        return f"%{escaped}%"
+    return f"{escaped}%" if op == "startsWith" else f"%{escaped}"
+
+
+class FilterPlanner:
+    """Validates and converts one request's filter and cursor for one model's allowlisted columns,
+    into structures (``where``, ``after``) and the values they name (``values``, in order)."""
 
     def __init__(self, model: str, columns: Mapping[str, Column[Any]]) -> None:
         self.model = model
         self.columns = columns
+        self.values: dict[str, Any] = {}
         self._conditions = 0
 
-    def compile(self, where: Mapping[str, Any] | None) -> ColumnElement[bool]:
+    def bind(self, value: Any) -> str:
+        """The name ``value`` is bound by: its position among this request's values."""
+        name = f"v{len(self.values)}"
+        self.values[name] = value
+        return name
+
+    def where(self, where: Mapping[str, Any] | None) -> Node:
         if where is None:
-            return true()
+            return TRUE
         return self._object(where, depth=0)
 
-    def _object(self, where: Any, depth: int) -> ColumnElement[bool]:
+    def _object(self, where: Any, depth: int) -> Node:
         if not isinstance(where, Mapping):
             raise FilterError("a filter must be an object of fields and AND / OR / NOT")
         if depth > MAX_DEPTH:
             raise FilterError(f"filters may nest at most {MAX_DEPTH} levels deep")
-        parts: list[ColumnElement[bool]] = []
+        parts: list[Node] = []
         for key, value in where.items():
             if key == "AND":
-                parts.append(and_(true(), *self._list(value, depth, key)))
+                parts.append(("and", self._list(value, depth, key)))
             elif key == "OR":
                 if not isinstance(value, list):
                     raise FilterError("OR takes a list of filters")
-                parts.append(or_(false(), *self._list(value, depth, key)))
+                parts.append(("or", self._list(value, depth, key)))
             elif key == "NOT":
-                parts.append(not_(and_(true(), *self._list(value, depth, key))))
+                parts.append(("not", ("and", self._list(value, depth, key))))
             else:
                 parts.append(self._field(key, value, depth))
-        return and_(true(), *parts)
+        return ("and", tuple(parts))
 
-    def _list(self, value: Any, depth: int, key: str) -> list[ColumnElement[bool]]:
+    def _list(self, value: Any, depth: int, key: str) -> tuple[Node, ...]:
         items = value if isinstance(value, list) else [value]
         if not items and key == "OR":
             raise FilterError("OR needs at least one filter")
-        return [self._object(item, depth + 1) for item in items]
+        return tuple(self._object(item, depth + 1) for item in items)
 
     def _column(self, field: str) -> Column[Any]:
         column = self.columns.get(field)
@@ -191,7 +225,7 @@ class WhereCompiler:
         if self._conditions > MAX_CONDITIONS:
             raise FilterError(f"a filter may hold at most {MAX_CONDITIONS} conditions")
 
-    def _field(self, field: str, spec: Any, depth: int) -> ColumnElement[bool]:
+    def _field(self, field: str, spec: Any, depth: int) -> Node:
         column = self._column(field)
         if not isinstance(spec, Mapping):
             self._count()
@@ -205,7 +239,7 @@ class WhereCompiler:
         insensitive = mode == "insensitive"
         if insensitive and column_kind(column) != "text":
             raise FilterError(f"mode 'insensitive' applies to text fields; {field} is not text")
-        parts: list[ColumnElement[bool]] = []
+        parts: list[Node] = []
         for op, value in spec.items():
             if op == "mode":
                 continue
@@ -213,59 +247,128 @@ class WhereCompiler:
             if op == "not" and isinstance(value, Mapping):
                 if depth >= MAX_DEPTH:
                     raise FilterError(f"filters may nest at most {MAX_DEPTH} levels deep")
-                parts.append(not_(self._field(field, value, depth + 1)))
+                parts.append(("not", self._field(field, value, depth + 1)))
             else:
                 parts.append(self._compare(column, field, op, value, insensitive=insensitive))
-        return and_(true(), *parts)
+        return ("and", tuple(parts))
 
     def _compare(
         self, column: Column[Any], field: str, op: str, value: Any, *, insensitive: bool = False
-    ) -> ColumnElement[bool]:
-        target: Any = column
+    ) -> Node:
         if op in ("in", "notIn"):
             if not isinstance(value, list) or len(value) > MAX_IN_VALUES:
                 raise FilterError(f"{op} takes a list of at most {MAX_IN_VALUES} values")
             values = [convert(column, field, v) for v in value if v is not None]
             if insensitive:
                 values = [v.lower() for v in values]
-                target = column_lower(column)
-            clause = target.in_(values) if values else false()
-            if None in value:
-                clause = or_(clause, column.is_(None))
-            return clause if op == "in" else not_(clause)
+            # One parameter per element, so the list's length is part of the structure.
+            names = tuple(self.bind(v) for v in values)
+            return (op, field, insensitive, names, None in value)
         if op in TEXT_OPERATORS:
             if column_kind(column) != "text":
                 raise FilterError(f"{op} applies to text fields; {field} is not text")
-            text = _to_text(field, value)
-            if op == "contains":
-                return (
-                    column.icontains(text, autoescape=True)
-                    if insensitive
-                    else column.contains(text, autoescape=True)
-                )
-            if op == "startsWith":
-                return (
-                    column.istartswith(text, autoescape=True)
-                    if insensitive
-                    else column.startswith(text, autoescape=True)
-                )
-            return (
-                column.iendswith(text, autoescape=True)
-                if insensitive
-                else column.endswith(text, autoescape=True)
-            )
+            return ("like", field, insensitive, self.bind(like_pattern(op, _to_text(field, value))))
         converted = convert(column, field, value)
         if insensitive and converted is not None:
-            target, converted = column_lower(column), converted.lower()
+            converted = converted.lower()
         if op == "equals":
-            return column.is_(None) if converted is None else target == converted
+            return ("null", field) if converted is None else ("eq", field, insensitive, self.bind(converted))
         if op == "not":
-            return column.is_not(None) if converted is None else or_(target != converted, column.is_(None))
+            return (
+                ("notnull", field) if converted is None else ("ne", field, insensitive, self.bind(converted))
+            )
         if converted is None:
             raise FilterError(f"{op} needs a value, not null")
-        ops = {"lt": "__lt__", "lte": "__le__", "gt": "__gt__", "gte": "__ge__"}
-        # Bound explicitly: SQLAlchemy refuses ``<`` / ``>`` against a bare Python True/False.
-        return getattr(target, ops[op])(literal(converted, column.type))  # type: ignore[no-any-return]
+        return (op, field, insensitive, self.bind(converted))
+
+    def after(self, order: list[tuple[str, str]], values: list[Any]) -> Node:
+        """Rows strictly after the cursor row in ``order`` (keyset pagination): the structure names
+        each key, its direction and whether the cursor's value there is NULL."""
+        keys = tuple(
+            (
+                field,
+                direction,
+                None if value is None else self.bind(_cursor_value(self.columns[field], field, value)),
+            )
+            for (field, direction), value in zip(order, values, strict=True)
+        )
+        return ("after", keys)
+
+
+class FilterBuilder:
+    """Builds a planned structure as SQLAlchemy Core, every value a ``bindparam`` named as the
+    structure says and carrying this request's value (``values``) for the statement's first use."""
+
+    def __init__(self, columns: Mapping[str, Column[Any]], values: Mapping[str, Any]) -> None:
+        self.columns = columns
+        self.values = values
+        self._params: dict[str, BindParameter[Any]] = {}
+
+    def param(self, name: str, type_: Any) -> BindParameter[Any]:
+        """One parameter object per name, however often the statement uses it."""
+        bound = self._params.get(name)
+        if bound is None:
+            bound = self._params[name] = bindparam(name, self.values[name], type_=type_)
+        return bound
+
+    def build(self, node: Node) -> ColumnElement[bool]:
+        kind = node[0]
+        if kind == "true":
+            return true()
+        if kind == "and":
+            return and_(true(), *(self.build(part) for part in node[1]))
+        if kind == "or":
+            return or_(false(), *(self.build(part) for part in node[1]))
+        if kind == "after":
+            return self._after(node[1])
+        if kind == "not":
+            return not_(self.build(node[1]))
+        column = self.columns[node[1]]
+        if kind == "null":
+            return column.is_(None)
+        if kind == "notnull":
+            return column.is_not(None)
+        insensitive = node[2]
+        target: Any = column_lower(column) if insensitive else column
+        if kind in ("in", "notIn"):
+            names, with_null = node[3], node[4]
+            clause = target.in_([self.param(n, column.type) for n in names]) if names else false()
+            if with_null:
+                clause = or_(clause, column.is_(None))
+            return clause if kind == "in" else not_(clause)
+        value = self.param(node[3], column.type)
+        if kind == "like":
+            return (
+                column.ilike(value, escape=LIKE_ESCAPE)
+                if insensitive
+                else column.like(value, escape=LIKE_ESCAPE)
+            )
+        if kind == "eq":
+            return target == value  # type: ignore[no-any-return]
+        if kind == "ne":
+            return or_(target != value, column.is_(None))
+        return getattr(target, _RANGES[kind])(value)  # type: ignore[no-any-return]
+
+    def _after(self, keys: tuple[tuple[str, str, str | None], ...]) -> ColumnElement[bool]:
+        """Ascending keys sort NULLs last and descending keys NULLs first (PostgreSQL's defaults,
+        which the query also states explicitly), so the row after a NULL is well defined."""
+        alternatives: list[ColumnElement[bool]] = []
+        for i, (field, direction, name) in enumerate(keys):
+            column = self.columns[field]
+            ties = [
+                self.columns[f].is_(None)
+                if n is None
+                else self.columns[f] == self.param(n, self.columns[f].type)
+                for f, _, n in keys[:i]
+            ]
+            if direction == "asc":
+                step = (
+                    false() if name is None else or_(column > self.param(name, column.type), column.is_(None))
+                )
+            else:
+                step = column.is_not(None) if name is None else column < self.param(name, column.type)
+            alternatives.append(and_(true(), *ties, step))
+        return or_(false(), *alternatives)
 
 
 def column_lower(column: Column[Any]) -> Any:
@@ -298,31 +401,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dt.date):
         return value.isoformat()
     return value
-
-
-def after_cursor(
-    columns: Mapping[str, Column[Any]], order: list[tuple[str, str]], values: list[Any]
-) -> ColumnElement[bool]:
-    """Rows strictly after the cursor row in ``order`` (keyset pagination).
-
-    Ascending keys sort NULLs last and descending keys NULLs first (PostgreSQL's defaults, which
-    the query also states explicitly), so the row after a NULL is well defined.
-    """
-    alternatives: list[ColumnElement[bool]] = []
-    for i, (field, direction) in enumerate(order):
-        column = columns[field]
-        # Bound explicitly: SQLAlchemy refuses ``<`` / ``>`` against a bare Python True/False.
-        value = None if values[i] is None else literal(_cursor_value(column, field, values[i]), column.type)
-        ties = [
-            columns[f].is_(None) if v is None else columns[f] == _cursor_value(columns[f], f, v)
-            for (f, _), v in zip(order[:i], values[:i], strict=True)
-        ]
-        if direction == "asc":
-            step = false() if value is None else or_(column > value, column.is_(None))
-        else:
-            step = column.is_not(None) if value is None else column < value
-        alternatives.append(and_(true(), *ties, step))
-    return or_(false(), *alternatives)
 
 
 def _cursor_value(column: Column[Any], field: str, value: Any) -> Any:

@@ -1,26 +1,28 @@
 """``query_records`` and ``count_records``: structured, allowlisted reads of the user's own rows.
 
-The model names a model and a Prisma-style filter; never SQL. The statement is built with
-SQLAlchemy Core: the user's scope from the policy, AND the compiled filter, AND the cursor, with
-every value bound. Only allowlisted scalar columns are selected, so relation fields and secrets
-(password hashes, key hashes) cannot be asked for.
+The model names a model and a Prisma-style filter; never SQL. The filter and cursor are planned
+(``db/filters.py``: validated, converted, split into a structure and its values) and the statement
+is built with SQLAlchemy Core: the user's scope from the policy, AND the built filter, AND the
+cursor, with every value bound by name. The statement is kept per structure, so a filter of a form
+seen before is only planned and bound. Only allowlisted scalar columns are selected, so relation
+fields and secrets (password hashes, key hashes) cannot be asked for.
 """
 
 from __future__ import annotations
 
 import decimal
-import json
+from collections.abc import Hashable
 from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import Context
 from pydantic import BaseModel, Field
-from sqlalchemy import Select, and_, func
+from sqlalchemy import Integer, Select, and_, func
 from sqlalchemy import select as sql_select
 
 from rowscope.db.filters import (
+    FilterBuilder,
     FilterError,
-    WhereCompiler,
-    after_cursor,
+    FilterPlanner,
     column_kind,
     decode_cursor,
     encode_cursor,
@@ -91,16 +93,16 @@ def _json_rows(rows: list[dict[str, Any]], exposed: ExposedModel, fields: list[s
     return rows
 
 
-MAX_SHAPE_FILTER = 2048  # characters of filter JSON; a longer one is built for each call
+MAX_SHAPE_VALUES = 256  # values one kept statement binds; a request with more is built for each call
 
 
-def _shape(tool: str, model: str, where: dict[str, Any] | None, *rest: Any) -> tuple[Any, ...] | None:
-    """A read request's identity less the user, for ``Database.read_shaped``: the tool, the model,
-    the filter as its JSON text (dict order kept, so only identical filters share a shape) and the
-    rest of what the request asked for, exactly as given; ``None`` when the filter is too long to be
-    worth keeping (long IN lists)."""
-    text = json.dumps(where, separators=(",", ":"))
-    return None if len(text) > MAX_SHAPE_FILTER else (tool, model, text, *rest)
+def _shape(planner: FilterPlanner, *structure: Hashable) -> tuple[Hashable, ...] | None:
+    """A read request's identity less the user and its values, for ``Database.read_shaped``: the
+    tool, the model and the structures the planner made of the filter and cursor (everything that
+    decides the SQL text, db/filters.py), so requests that differ only in their values share a
+    shape; ``None`` when the request binds too many values for its SQL to be worth keeping (long
+    IN lists)."""
+    return None if len(planner.values) > MAX_SHAPE_VALUES else structure
 
 
 def _order(model: ExposedModel, order_by: list[dict[str, Direction]] | None) -> list[tuple[str, str]]:
@@ -148,20 +150,24 @@ async def query_records(
         )
     order = _order(exposed, order_by)
     wanted = list(dict.fromkeys([*fields, *(f for f, _ in order)]))
+    planner = FilterPlanner(model, exposed.columns)
+    condition = planner.where(where)
+    after = None
+    if cursor is not None:
+        cursor_order, cursor_values = decode_cursor(cursor)
+        if cursor_order != order:
+            raise FilterError("this cursor belongs to a query with a different order_by")
+        after = planner.after(order, cursor_values)
+    limit = planner.bind(take + 1)
 
     def build() -> Select[Any]:
-        condition = and_(
-            rt.policy.model_scope(model, user, exposed.table),
-            WhereCompiler(model, exposed.columns).compile(where),
-        )
-        if cursor is not None:
-            cursor_order, values = decode_cursor(cursor)
-            if cursor_order != order:
-                raise FilterError("this cursor belongs to a query with a different order_by")
-            condition = and_(condition, after_cursor(exposed.columns, order, values))
+        built = FilterBuilder(exposed.columns, planner.values)
+        scoped = and_(rt.policy.model_scope(model, user, exposed.table), built.build(condition))
+        if after is not None:
+            scoped = and_(scoped, built.build(after))
         return (
             sql_select(*(exposed.columns[f] for f in wanted))
-            .where(condition)
+            .where(scoped)
             .order_by(
                 *(
                     exposed.columns[f].asc().nulls_last()
@@ -170,11 +176,11 @@ async def query_records(
                     for f, d in order
                 )
             )
-            .limit(take + 1)
+            .limit(built.param(limit, Integer()))
         )
 
-    shape = _shape("query", model, where, tuple(wanted), tuple(order), take, cursor)
-    rows = await rt.database.read_shaped(user, shape, build)
+    shape = _shape(planner, "query", model, tuple(wanted), tuple(order), condition, after)
+    rows = await rt.database.read_shaped(user, shape, build, planner.values)
     more = len(rows) > take
     rows = rows[:take]
     next_cursor = encode_cursor(order, [rows[-1][f] for f, _ in order]) if more else None
@@ -191,13 +197,14 @@ async def count_records(ctx: Context[Any], model: ModelName, where: Where = None
     rt = runtime(ctx)
     user = current_user(ctx)
     exposed = exposed_model(ctx, model)
+    planner = FilterPlanner(model, exposed.columns)
+    condition = planner.where(where)
 
     def build() -> Select[Any]:
-        condition = and_(
-            rt.policy.model_scope(model, user, exposed.table),
-            WhereCompiler(model, exposed.columns).compile(where),
-        )
-        return sql_select(func.count().label("count")).select_from(exposed.table).where(condition)
+        built = FilterBuilder(exposed.columns, planner.values)
+        scoped = and_(rt.policy.model_scope(model, user, exposed.table), built.build(condition))
+        return sql_select(func.count().label("count")).select_from(exposed.table).where(scoped)
 
-    (row,) = await rt.database.read_shaped(user, _shape("count", model, where), build)
+    shape = _shape(planner, "count", model, condition)
+    (row,) = await rt.database.read_shaped(user, shape, build, planner.values)
     return CountResult(model=model, count=row["count"])
