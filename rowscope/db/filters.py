@@ -1,4 +1,4 @@
-"""Prisma-style filters from the assistant, compiled to SQLAlchemy Core with bound parameters.
+"""Prisma-style filters from the assistant, planned and built as SQLAlchemy Core with bound parameters.
 
 The grammar (a subset of Prisma's ``where``):
 
@@ -152,7 +152,6 @@ def convert(column: Column[Any], field: str, value: Any) -> Any:
 
 Node = tuple[Any, ...]
 TRUE: Node = ("true",)
-FALSE: Node = ("false",)
 LIKE_ESCAPE = "/"
 _RANGES = {"lt": "__lt__", "lte": "__le__", "gt": "__gt__", "gte": "__ge__"}
 
@@ -161,7 +160,8 @@ def like_pattern(op: str, text: str) -> str:
     """The LIKE pattern (escape character ``/``) matching text that contains, starts with or ends
     with ``text`` literally: ``/``, ``%`` and ``_`` in it escaped, as SQLAlchemy's ``autoescape``
     would, but in our code, so the whole pattern is a value we bind."""
-    escaped = text.replace(LIKE_ESCAPE, LIKE_ESCAPE * 2).replace("%", "/%").replace("_", "/_")
+    e = LIKE_ESCAPE
+    escaped = text.replace(e, e + e).replace("%", e + "%").replace("_", e + "_")
     if op == "contains":
         return f"%{escaped}%"
     return f"{escaped}%" if op == "startsWith" else f"%{escaped}"
