@@ -5,11 +5,13 @@ and rowscope (its whole HTTP app: bearer guard, direct path, ``query_records`` o
 rows) — are started in this process (their lifespans run) and called directly, one request after
 another, with the 2025-11-25 headers unless said otherwise; rowscope with a real access token. The
 figure is this process's CPU time per call (``time.process_time``), which includes psycopg's client
-side but not PostgreSQL's; wall time is reported next to it. Rowscope is measured three ways: the same request
-each time (its read shape kept, ``Database.read_shaped``), a new filter each time (the statement
-built and compiled for every call), and the same request on the 2026-07-28 wire (the revision the
-SDK's client speaks by default), against the floor on that wire. All run in interleaved rounds; the
-median round stands.
+side but not PostgreSQL's; wall time is reported next to it. Rowscope is measured four ways: the same request
+each time (its read shape kept, ``Database.read_shaped``); a new filter value each time (the
+filter's form is kept, so its SQL is reused with the new value bound); a new filter form each time,
+from more forms than any cache holds (the statement planned, built and compiled, and parsed by
+PostgreSQL, every call: the worst case); and the same request on the 2026-07-28 wire (the revision
+the SDK's client speaks by default), against the floor on that wire. All run in interleaved rounds;
+the median round stands.
 
 This is where the tool-call path is profiled: ``--profile FILE`` writes a pyinstrument profile of
 rowscope's calls (HTML, or text when FILE ends in ``.txt``).
@@ -20,6 +22,7 @@ rowscope's calls (HTML, or text when FILE ends in ``.txt``).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import statistics
 import time
 import uuid
@@ -31,6 +34,8 @@ from bench.common import Report, finish, free_port, migrated_database, parser, p
 from bench.toolcall import HEADERS, MODERN, mint_token, modern_call, rpc, seed
 
 ASGIApp = Callable[..., Any]
+FORM_FIELDS = ("title", "description", "url")
+FORMS = 3**6  # 729 filter forms (> SHAPE_CACHE_SIZE and COMPILED_CACHE_SIZE in rowscope/db/engine.py)
 
 
 async def start(app: ASGIApp) -> Callable[[], Any]:
@@ -132,13 +137,25 @@ async def run(report: Report, url: str, smoke: bool, profile: Path | None) -> st
     def fresh() -> bytes:
         return rpc("query_records", {"model": "PortfolioItem", "where": {"title": {"not": uuid.uuid4().hex}}})
 
+    forms = itertools.count()
+
+    def new_form() -> bytes:
+        # FORMS filters of six conditions each, the fields in a different order, taken in turn: more
+        # forms than any of the caches hold (read shapes, compiled SQL, prepared statements), so each
+        # call plans, builds and compiles its statement and PostgreSQL parses it.
+        n = next(forms) % FORMS
+        fields = [FORM_FIELDS[(n // 3**i) % 3] for i in range(6)]
+        where = {"AND": [{f: {"not": uuid.uuid4().hex}} for f in fields]}
+        return rpc("query_records", {"model": "PortfolioItem", "where": where})
+
     # The same calls on the 2026-07-28 wire, the revision the SDK's client speaks by default.
     modern, modern_headers = modern_call("query_records", {"model": "PortfolioItem"}, auth)
     floor_modern, floor_modern_headers = modern_call("constant", {}, HEADERS)
     subjects: dict[str, Subject] = {
         "floor": (floor, lambda: rpc("constant", {}), HEADERS),
         "rowscope": (rowscope, lambda: same, auth),
-        "rowscope, a new filter every call": (rowscope, fresh, auth),
+        "rowscope, a new filter value every call": (rowscope, fresh, auth),
+        "rowscope, a new filter form every call": (rowscope, new_form, auth),
         f"floor, {MODERN} wire": (floor, lambda: floor_modern, floor_modern_headers),
         f"rowscope, {MODERN} wire": (rowscope, lambda: modern, modern_headers),
     }

@@ -9,8 +9,9 @@ Servers (each its own process on 127.0.0.1, one at a time, the same database):
 * ``rowscope`` — ``query_records`` (model PortfolioItem, 20 rows of the token's user) behind its
   bearer guard; the token is minted by ``rowscope.auth.store.issue_tokens`` for a registered client
   (the same row the /token endpoint writes); with 1 and 2 workers; with one worker, also with a
-  filter never seen before in every call (``{"title": {"not": <random>}}``, still 20 rows), so no
-  kept read shape is reused and each call builds and compiles its statement; and once more with one
+  new filter value in every call (``{"title": {"not": <random>}}``, still 20 rows: the filter's form
+  is kept, its SQL reused with the new value bound — bench/inprocess.py also measures a new form
+  every call); and once more with one
   worker and ``ROWSCOPE_DIRECT_TOOL_CALLS=false``, every call through the SDK's per-request session;
 * ``psycopg direct`` — the same SQL in the same kind of transaction (tool role, ``rowscope.user_id``,
   row-level security) from this process, no HTTP: the database's share of a call;
@@ -473,8 +474,8 @@ async def run_all(args: Any, report: Report, server: Any, url: str, dsn: str, lo
             subjects[f"floor-{workers}-{MODERN}"] = (floor_port, *floor_modern)
             subjects[f"rowscope-{workers}-{MODERN}"] = (port, *modern_call(*QUERY, auth))
             if workers == 1:
-                # Every call a filter never seen before (it matches every row, so still 20 rows):
-                # no kept read shape to reuse, the statement is built and compiled for each call.
+                # Every call a filter value never seen before (it matches every row, so still 20
+                # rows): the filter's form is kept, so its SQL is reused with the new value bound.
                 subjects["rowscope-fresh"] = (port, fresh_query, auth)
                 # What the direct path (rowscope/server/direct.py) buys: the same server with every
                 # call going through the SDK's per-request session.
@@ -506,7 +507,7 @@ async def run_all(args: Any, report: Report, server: Any, url: str, dsn: str, lo
             )
     add_runs(
         report,
-        "rowscope, a new filter every call (no kept read shape), 1 worker(s)",
+        "rowscope, a new filter value every call, 1 worker(s)",
         results["rowscope-fresh"],
         results["floor-1"],
         "floor",

@@ -16,11 +16,16 @@ EXPECTED = {
     "toolcall": [
         "rowscope query_records, 1 worker(s), 1 client(s): throughput",
         "floor, 1 worker(s), 1 client(s): throughput",
+        "rowscope query_records, 2026-07-28 wire, 1 worker(s), 1 client(s): throughput",
+        "floor, 2026-07-28 wire, 1 worker(s), 1 client(s): throughput",
     ],
     "inprocess": [
         "floor: CPU per call",
         "rowscope: CPU per call",
-        "rowscope, a new filter every call: CPU per call",
+        "rowscope, a new filter value every call: CPU per call",
+        "rowscope, a new filter form every call: CPU per call",
+        "rowscope, 2026-07-28 wire: CPU per call",
+        "floor, 2026-07-28 wire: CPU per call",
     ],
     "retrieval": ["recall@10, tiny", "recall@10, medium", "recall@10, large", "p99 DB time, large"],
     "ingestion": ["DB-side insert (KnowledgeStore.insert)", "same document again: chunks added"],
