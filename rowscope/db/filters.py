@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import pydantic_core
 from sqlalchemy import BindParameter, Column, ColumnElement, and_, bindparam, false, func, not_, or_, true
 from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects import postgresql
@@ -380,7 +381,7 @@ def column_lower(column: Column[Any]) -> Any:
 
 def encode_cursor(order: list[tuple[str, str]], values: list[Any]) -> str:
     payload = {"o": order, "v": [_jsonable(v) for v in values]}
-    return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode()
+    return base64.urlsafe_b64encode(pydantic_core.to_json(payload)).decode()  # compact, UTF-8
 
 
 def decode_cursor(cursor: str) -> tuple[list[tuple[str, str]], list[Any]]:

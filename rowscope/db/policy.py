@@ -28,11 +28,13 @@ inside it.
 
 from __future__ import annotations
 
+import decimal
 import tomllib
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -265,6 +267,19 @@ class ExposedModel:
     columns: dict[str, Column[Any]]
     primary_key: str
     description: str
+
+    @cached_property
+    def numeric(self) -> frozenset[str]:
+        """The columns whose values may be NUMERIC (``Decimal``), which the read tools send as JSON
+        numbers; a type that does not say what Python type it holds counts, and is looked at per value."""
+
+        def may_be_decimal(column: Column[Any]) -> bool:
+            try:
+                return column.type.python_type is decimal.Decimal
+            except NotImplementedError:
+                return True
+
+        return frozenset(name for name, column in self.columns.items() if may_be_decimal(column))
 
 
 USER_PARAM = "rowscope_user"  # the bound parameter every predicate names the signed-in user by

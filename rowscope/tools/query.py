@@ -74,20 +74,13 @@ def _to_number(value: Any) -> Any:
     return float(value) if isinstance(value, decimal.Decimal) else value
 
 
-def _needs_numbers(column: Any) -> bool:
-    try:
-        return column.type.python_type is decimal.Decimal
-    except NotImplementedError:  # a type without one: look at each value
-        return True
-
-
 def _json_rows(rows: list[dict[str, Any]], exposed: ExposedModel, fields: list[str]) -> list[dict[str, Any]]:
     """The rows as the model reads them: only ``fields``, in that order, NUMERIC values as numbers.
     The rows are fresh dicts from the database, converted in place, only in the columns that need it."""
     if rows and list(rows[0]) != fields:  # sort keys were read too, or the fields' order differs
         rows = [{f: row[f] for f in fields} for row in rows]
     for field in fields:
-        if _needs_numbers(exposed.columns[field]):
+        if field in exposed.numeric:
             for row in rows:
                 row[field] = _to_number(row[field])
     return rows
