@@ -177,7 +177,9 @@ async def query_records(
     more = len(rows) > take
     rows = rows[:take]
     next_cursor = encode_cursor(order, [rows[-1][f] for f, _ in order]) if more else None
-    return QueryResult(
+    # Built from values this function made, unvalidated: the SDK validates the structured content
+    # against QueryResult, the tool's output schema, once, when the call returns.
+    return QueryResult.model_construct(
         model=model,
         rows=_json_rows(rows, exposed, fields),
         next_cursor=next_cursor,
