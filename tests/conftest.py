@@ -9,7 +9,7 @@ import secrets
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +145,21 @@ def client_as(
             yield client
 
     return connect
+
+
+@contextmanager
+def portfolio_rows(admin: sa.Engine, rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """``rows`` inserted into ``portfolio_items`` while the block runs, then deleted again by their
+    ``kind``, which the rows share and no other row has."""
+    (kind,) = {row["kind"] for row in rows}
+    table = sa.table("portfolio_items", *(sa.column(c) for c in rows[0]))
+    with admin.begin() as conn:
+        conn.execute(sa.insert(table), rows)
+    try:
+        yield rows
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text("DELETE FROM portfolio_items WHERE kind = :k"), {"k": kind})
 
 
 def table_schema(engine: sa.Engine, table: str) -> tuple[set[str], dict[str, str]]:

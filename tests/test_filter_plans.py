@@ -20,7 +20,7 @@ from rowscope.server import demo
 from rowscope.server.app import build_mcp, build_runtime
 from rowscope.server.runtime import Runtime
 from rowscope.server.settings import Settings
-from tests.conftest import error_text, structured
+from tests.conftest import error_text, portfolio_rows, structured
 
 pytestmark = pytest.mark.anyio
 
@@ -58,14 +58,8 @@ Pred = Callable[[dict[str, Any]], bool]
 @pytest.fixture(scope="module")
 def rows(admin: sa.Engine) -> Iterator[list[dict[str, Any]]]:
     """28 portfolio items for carol (kind "plans"), removed again after the module."""
-    table = sa.table("portfolio_items", *(sa.column(c) for c in ROWS[0]))
-    with admin.begin() as conn:
-        conn.execute(sa.insert(table), ROWS)
-    try:
-        yield ROWS
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text("DELETE FROM portfolio_items WHERE kind = :k"), {"k": KIND})
+    with portfolio_rows(admin, ROWS) as inserted:
+        yield inserted
 
 
 @pytest.fixture(scope="module")

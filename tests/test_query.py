@@ -17,7 +17,7 @@ from mcp.client import Client
 
 from rowscope.server.app import build_mcp, build_runtime
 from rowscope.server.settings import Settings
-from tests.conftest import USERS, error_text, structured
+from tests.conftest import USERS, error_text, portfolio_rows, structured
 
 pytestmark = pytest.mark.anyio
 
@@ -46,14 +46,8 @@ PROBES = [_probe(i) for i in range(45)]
 @pytest.fixture(scope="module")
 def probes(admin: sa.Engine) -> Iterator[list[dict[str, Any]]]:
     """45 extra portfolio items for carol (kind "probe"), removed again after the module."""
-    table = sa.table("portfolio_items", *(sa.column(c) for c in PROBES[0]))
-    with admin.begin() as conn:
-        conn.execute(sa.insert(table), PROBES)
-    try:
-        yield PROBES
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text("DELETE FROM portfolio_items WHERE kind = :k"), {"k": KIND})
+    with portfolio_rows(admin, PROBES) as inserted:
+        yield inserted
 
 
 @pytest.fixture(scope="module")
