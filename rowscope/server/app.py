@@ -162,7 +162,7 @@ class McpFirst:
     They are nearly every request a deployment serves, and the Starlette app would send them
     there anyway (no other route matches ``/mcp``; the catch-all Mount gives them to the guard,
     unchanged) — after its error and exception middleware and a regular-expression match against
-    each of the OAuth routes, ~30 µs of a tool call's CPU (``bench/inprocess.py``). Nothing
+    each of the OAuth routes, ~13 µs of a tool call's CPU (measured side by side in process). Nothing
     else differs: an unexpected exception still ends as a 500 (uvicorn's instead of Starlette's,
     both logged), and every other path, the lifespan included, is the Starlette app's."""
 
