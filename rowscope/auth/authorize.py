@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from rowscope.auth import pages, passwords, scopes, sessions, store
+from rowscope.auth import pages, passwords, scopes, sessions, store, throttle
 from rowscope.auth.clients import find_client
 from rowscope.auth.context import AuthContext
 from rowscope.auth.errors import (
@@ -263,18 +263,35 @@ def routes(auth: AuthContext) -> list[Route]:
             return pages.error_page("Request expired", "This form is no longer valid; reload the page.", 403)
         assert secret is not None
         email, password = form.get("email"), form.get("password")
+
+        def again(error: str, status: int | None = None) -> Response:
+            return pages.signin_page(
+                csrf=sessions.csrf_token(secret, "signin"),
+                return_to=return_to,
+                error=error,
+                email=email if isinstance(email, str) else "",
+                oidc_name=settings.oidc_name if settings.oidc_issuer else None,
+                status=status,
+            )
+
+        if not isinstance(email, str) or not isinstance(password, str):
+            return again("The email or password is not right.")
+        # Counted (and committed) before the password is verified; see rowscope/auth/throttle.py.
+        async with auth.database.service_transaction() as conn:
+            recorded = await throttle.attempt(
+                conn, settings, email, request.client.host if request.client else "unknown"
+            )
+        if isinstance(recorded, throttle.Refused):
+            refused = again(recorded.message, 429)
+            refused.headers["Retry-After"] = str(recorded.retry_after)
+            return refused
         async with auth.database.service_transaction() as conn:
             user = None
-            if isinstance(email, str) and isinstance(password, str) and len(password) <= 1024:
+            if len(password) <= 1024:
                 user = await passwords.check_password(conn, email, password)
             if user is None:
-                return pages.signin_page(
-                    csrf=sessions.csrf_token(secret, "signin"),
-                    return_to=return_to,
-                    error="The email or password is not right.",
-                    email=email if isinstance(email, str) else "",
-                    oidc_name=settings.oidc_name if settings.oidc_issuer else None,
-                )
+                return again("The email or password is not right.")
+            await throttle.succeeded(conn, recorded)
             token = await store.create_session(conn, user, auth.session_ttl)
         response = RedirectResponse(return_to, status_code=303)
         sessions.set_cookie(

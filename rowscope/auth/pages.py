@@ -42,7 +42,13 @@ def hidden(fields: dict[str, str]) -> str:
 
 
 def signin_page(
-    *, csrf: str, return_to: str, error: str | None = None, email: str = "", oidc_name: str | None = None
+    *,
+    csrf: str,
+    return_to: str,
+    error: str | None = None,
+    email: str = "",
+    oidc_name: str | None = None,
+    status: int | None = None,
 ) -> HTMLResponse:
     problem = f"<p class=error role=alert>{escape(error)}</p>" if error else ""
     upstream = (
@@ -55,7 +61,7 @@ def signin_page(
 <label for=email>Email</label><input id=email name=email type=email autocomplete=username required value='{escape(email)}'>
 <label for=password>Password</label><input id=password name=password type=password autocomplete=current-password required>
 <button type=submit name=action value=signin>Sign in</button></form>{upstream}"""
-    return page("Sign in", body, 401 if error else 200)
+    return page("Sign in", body, status or (401 if error else 200))
 
 
 def consent_page(

@@ -332,3 +332,19 @@ class AuthSession(Base):
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class SigninFailure(Base):
+    """A password sign-in that failed, or is being verified (rowscope/auth/throttle.py), under one of
+    the keys it counts against: ``account`` (the SHA-256 of the normalised email, never the email)
+    or ``address`` (the client's IP address). Rows older than the window are deleted as new ones
+    are written."""
+
+    __tablename__ = "signin_failures"
+    __table_args__ = (Index("ix_signin_failures_kind_key_failed_at", "kind", "key", "failed_at"),)
+    id: Mapped[uuid.UUID] = _id()
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    key: Mapped[str] = mapped_column(String(255), nullable=False)
+    failed_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now(), index=True
+    )

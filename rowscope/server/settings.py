@@ -80,6 +80,24 @@ class Settings(BaseSettings):
     )
     code_ttl: int = Field(default=300, ge=30, le=600, description="Authorization-code lifetime, seconds.")
     session_ttl: int = Field(default=12 * 3600, ge=300, description="Sign-in session lifetime, seconds.")
+    signin_max_failures: int = Field(
+        default=5,
+        ge=1,
+        description="Failed password sign-ins of one account within signin_failure_window; "
+        "after that its sign-ins are refused (429) until the oldest ages out.",
+    )
+    signin_max_failures_per_address: int = Field(
+        default=50,
+        ge=1,
+        description="Failed password sign-ins from one client address within signin_failure_window, "
+        "whatever the accounts; after that the address's sign-ins are refused (429).",
+    )
+    signin_failure_window: int = Field(
+        default=15 * 60,
+        ge=1,
+        le=86400,
+        description="Seconds a failed password sign-in counts against its account and address.",
+    )
     stale_client_days: int = Field(
         default=30,
         ge=1,
