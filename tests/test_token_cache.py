@@ -5,14 +5,18 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
+import psycopg
 import pytest
 import sqlalchemy as sa
+from alembic import command
 
 from rowscope.auth import store
 from rowscope.auth.token_cache import TokenCache
 from rowscope.auth.verifier import RowscopeVerifier
+from rowscope.db import accounts, migrate
 from rowscope.db.engine import Database, DatabaseUrl
 from rowscope.server import demo
 
@@ -93,3 +97,98 @@ async def test_without_its_listener_the_cache_is_bypassed(database: Database) ->
     assert token is not None
     cache.put("digest", token, cache.generation)
     assert cache.get("digest") is None
+
+
+# What each kind of change to the credential tables sends on the revocation channel (migration
+# 0010): bookkeeping updates send nothing, so they no longer empty every process's cache; anything
+# a verification reads sends its table's name, even when the value is set to what it was.
+BOOKKEEPING = [
+    "UPDATE oauth_tokens SET rotated_at = now() WHERE access_hash = :h",
+    "UPDATE oauth_clients SET last_used_at = now() WHERE client_id = :c",
+    "UPDATE oauth_clients SET client_name = 'renamed', client_metadata = '{}' WHERE client_id = :c",
+    "UPDATE api_keys SET last_used_at = now() WHERE key_hash = :k",
+]
+REVOKING = [
+    ("UPDATE oauth_tokens SET scope = scope WHERE access_hash = :h", "oauth_tokens"),
+    ("UPDATE oauth_tokens SET access_expires_at = now() WHERE access_hash = :h", "oauth_tokens"),
+    ("UPDATE oauth_clients SET revoked_at = now() WHERE client_id = :c", "oauth_clients"),
+    ("UPDATE api_keys SET revoked_at = now() WHERE key_hash = :k", "api_keys"),
+    ("UPDATE oauth_tokens SET revoked_at = now() WHERE access_hash = :h", "oauth_tokens"),
+    ("DELETE FROM oauth_tokens WHERE access_hash = :h", "oauth_tokens"),
+]
+
+
+def test_only_a_change_a_verification_reads_notifies_a_revocation(
+    database_url: str, admin: sa.Engine, make_api_key: Any
+) -> None:
+    """Our choice (migration 0010): refresh rotations, client bookkeeping and key bookkeeping do not
+    empty the caches; every change that could revoke still does, as before."""
+
+    async def issued() -> str:
+        database = Database(DatabaseUrl.parse(database_url), pool_size=1)
+        try:
+            return await new_token(database)
+        finally:
+            await database.dispose()
+
+    access = anyio.run(issued)
+    key = make_api_key("carol@example.com", "test_token_cache notify")
+    with admin.connect() as conn:
+        client = conn.execute(
+            sa.text("SELECT client_id FROM oauth_tokens WHERE access_hash = :h"), {"h": store.digest(access)}
+        ).scalar_one()
+    names = {"h": store.digest(access), "c": client, "k": accounts.hash_key(key)}
+    with psycopg.connect(DatabaseUrl.parse(database_url).libpq, autocommit=True) as listener:
+        listener.execute("LISTEN rowscope_revocations")
+
+        def heard(statement: str) -> list[str]:
+            """What the channel carried for ``statement``, up to a marker sent after it commits."""
+            marker = uuid.uuid4().hex
+            with admin.begin() as conn:
+                assert conn.execute(sa.text(statement), names).rowcount == 1, statement
+            with admin.begin() as conn:
+                conn.execute(sa.text("SELECT pg_notify('rowscope_revocations', :m)"), {"m": marker})
+            payloads = []
+            for note in listener.notifies(timeout=10):
+                if note.payload == marker:
+                    return payloads
+                payloads.append(note.payload)
+            raise AssertionError(f"the marker never arrived after {statement}")
+
+        for statement in BOOKKEEPING:
+            assert heard(statement) == [], statement
+        for statement, table in REVOKING:
+            assert heard(statement) == [table], statement
+
+
+def test_migration_0010_downgrades_and_upgrades_again(pg_admin: Any) -> None:
+    """Our choice (STYLE.md 7): a real downgrade. Down: the update triggers fire on any UPDATE, as
+    migration 0004 made them; up: only on the verified columns again."""
+    url = pg_admin(f"rowscope_notify_{uuid.uuid4().hex[:8]}")
+    config = migrate.alembic_config(url)
+    engine = sa.create_engine(url)
+
+    def triggers() -> dict[str, str]:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger "
+                    "WHERE tgname LIKE 'rowscope_%_revocation' ORDER BY tgname"
+                )
+            )
+            return {name: definition for name, definition in rows}
+
+    try:
+        command.upgrade(config, "head")
+        head = triggers()
+        assert len(head) == 3
+        assert "UPDATE OF access_hash, revoked_at" in head["rowscope_oauth_tokens_revocation"]
+        assert all(" DELETE " in d and " TRUNCATE " in d for d in head.values())
+        command.downgrade(config, "0009")
+        down = triggers()
+        assert set(down) == set(head)
+        assert all(" UPDATE " in d and "UPDATE OF" not in d and " DELETE " in d for d in down.values())
+        command.upgrade(config, "head")
+        assert triggers() == head
+    finally:
+        engine.dispose()

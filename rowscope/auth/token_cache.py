@@ -1,9 +1,10 @@
 """A per-process cache of verified bearer tokens that revocations empty at once.
 
 Verifying a token is a database look-up; caching the answer would let a revoked token through
-until the entry expires, unless every process hears about revocations. Migration 0004 makes
-PostgreSQL ``NOTIFY rowscope_revocations`` whenever a token, client or API key changes; this
-cache keeps one ``LISTEN`` connection and clears itself on every notification. Entries are kept
+until the entry expires, unless every process hears about revocations. Migrations 0004 and 0010
+make PostgreSQL ``NOTIFY rowscope_revocations`` whenever a token, client or API key changes in a
+column a verification reads (not for bookkeeping such as a refresh rotation's ``rotated_at``);
+this cache keeps one ``LISTEN`` connection and clears itself on every notification. Entries are kept
 for ``ttl`` seconds at most, and never past the token's own expiry.
 
 The cache serves only while its listener is connected: if the connection drops, the cache is
