@@ -180,7 +180,7 @@ def test_keys_list_shows_the_prefix_and_never_the_key(migrated_url: str) -> None
     assert listing.returncode == 0, listing.stderr
     (line,) = listing.stdout.splitlines()
     assert key[:12] in line
-    assert "erin@example.com" in line and "laptop" in line and "live" in line
+    assert "erin@example.com" in line and "laptop" in line and "live" in line and "never used" in line
     assert key not in listing.stdout
     assert key[:13] not in listing.stdout
 

@@ -192,3 +192,37 @@ def test_migration_0010_downgrades_and_upgrades_again(pg_admin: Any) -> None:
         assert triggers() == head
     finally:
         engine.dispose()
+
+
+async def test_a_key_s_use_is_recorded_at_most_once_a_minute(
+    database: Database, admin: sa.Engine, make_api_key: Any
+) -> None:
+    """Our choice: `keys list` shows when each key was last used (to find forgotten ones), written
+    on verification but at most once a minute, so a key in steady use is not a write per request."""
+    verifier = RowscopeVerifier(database, RESOURCE)  # no cache: every call verifies in the database
+    key = await anyio.to_thread.run_sync(make_api_key, "carol@example.com", "test_token_cache used")
+    revoked = await anyio.to_thread.run_sync(
+        lambda: make_api_key("carol@example.com", "test_token_cache revoked", revoked=True)
+    )
+
+    def used(k: str) -> Any:
+        with admin.connect() as conn:
+            return conn.execute(
+                sa.text("SELECT last_used_at FROM api_keys WHERE key_hash = :h"), {"h": accounts.hash_key(k)}
+            ).scalar_one()
+
+    assert used(key) is None
+    assert await verifier.verify_token(key) is not None
+    first = used(key)
+    assert first is not None
+    assert await verifier.verify_token(key) is not None
+    assert used(key) == first, "a second use within the minute writes nothing"
+    with admin.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE api_keys SET last_used_at = now() - interval '2 minutes' WHERE key_hash = :h"),
+            {"h": accounts.hash_key(key)},
+        )
+    assert await verifier.verify_token(key) is not None
+    assert used(key) > first
+    assert await verifier.verify_token(revoked) is None
+    assert used(revoked) is None, "a refused key is not recorded as used"

@@ -8,7 +8,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -102,6 +102,24 @@ async def list_keys(conn: AsyncConnection, email: str | None = None) -> list[Key
         KeyInfo(key_id, mail, name, prefix, created, used, revoked)
         for key_id, mail, name, prefix, created, used, revoked in rows
     ]
+
+
+KEY_USE_RESOLUTION = dt.timedelta(minutes=1)  # how finely last_used_at follows a key's use
+
+
+async def touch_key(conn: AsyncConnection, key_id: uuid.UUID) -> None:
+    """Record that a key was just used, so ``keys list`` tells live keys from forgotten ones. At
+    most once per ``KEY_USE_RESOLUTION``: a key in steady use is written once a minute, not once a
+    request. (This column is not one a verification reads, so the write empties no token cache:
+    migration 0010.)"""
+    await conn.execute(
+        update(ApiKey)
+        .where(
+            ApiKey.id == key_id,
+            or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < func.now() - KEY_USE_RESOLUTION),
+        )
+        .values(last_used_at=func.now())
+    )
 
 
 async def revoke_key(conn: AsyncConnection, key_id: uuid.UUID) -> None:

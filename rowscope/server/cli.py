@@ -290,7 +290,8 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
     async def listing(conn: Any) -> int:
         for k in await accounts.list_keys(conn, args.user):
             state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "live"
-            print(f"{k.id}  {k.prefix}…  {k.user_email}  {k.name}  {k.created_at:%Y-%m-%d}  {state}")
+            used = f"used {k.last_used_at:%Y-%m-%d %H:%M}" if k.last_used_at else "never used"
+            print(f"{k.id}  {k.prefix}…  {k.user_email}  {k.name}  {k.created_at:%Y-%m-%d}  {state}  {used}")
         return 0
 
     async def revoke(conn: Any) -> int:
