@@ -10,7 +10,7 @@ next call of every user, in every process, a database look-up (~1 ms against ~1 
 ``bench/oauth.py``).
 
 The UPDATE triggers now name the columns a verification reads (``store.access_token_owner``,
-``accounts.key_owner``): a statement that sets none of them sends nothing. PostgreSQL fires an
+``accounts.use_key``): a statement that sets none of them sends nothing. PostgreSQL fires an
 ``UPDATE OF`` trigger when a listed column is a target of the UPDATE, changed or not, so nothing
 that could revoke is missed. DELETE and TRUNCATE notify as before.
 

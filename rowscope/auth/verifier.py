@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from rowscope.auth import scopes, store
 from rowscope.auth.token_cache import TokenCache
-from rowscope.db.accounts import KEY_PREFIX, key_owner, touch_key
+from rowscope.db.accounts import KEY_PREFIX, use_key
 from rowscope.db.engine import Database
 
 log = logging.getLogger(__name__)
@@ -69,9 +69,7 @@ class RowscopeVerifier:
 
     async def _api_key(self, token: str) -> AccessToken | None:
         async with self.database.service_transaction() as conn:
-            found = await key_owner(conn, token)
-            if found is not None:
-                await touch_key(conn, found[0])
+            found = await use_key(conn, token)
         if found is None:
             return None
         key_id, user_id = found

@@ -104,24 +104,6 @@ async def list_keys(conn: AsyncConnection, email: str | None = None) -> list[Key
     ]
 
 
-KEY_USE_RESOLUTION = dt.timedelta(minutes=1)  # how finely last_used_at follows a key's use
-
-
-async def touch_key(conn: AsyncConnection, key_id: uuid.UUID) -> None:
-    """Record that a key was just used, so ``keys list`` tells live keys from forgotten ones. At
-    most once per ``KEY_USE_RESOLUTION``: a key in steady use is written once a minute, not once a
-    request. (This column is not one a verification reads, so the write empties no token cache:
-    migration 0010.)"""
-    await conn.execute(
-        update(ApiKey)
-        .where(
-            ApiKey.id == key_id,
-            or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < func.now() - KEY_USE_RESOLUTION),
-        )
-        .values(last_used_at=func.now())
-    )
-
-
 async def revoke_key(conn: AsyncConnection, key_id: uuid.UUID) -> None:
     result = await conn.execute(
         update(ApiKey)
@@ -133,15 +115,27 @@ async def revoke_key(conn: AsyncConnection, key_id: uuid.UUID) -> None:
         raise AccountError(f"no live API key {key_id}")
 
 
-async def key_owner(conn: AsyncConnection, key: str) -> tuple[uuid.UUID, uuid.UUID] | None:
-    """(key id, user id) of a live key, or None."""
+KEY_USE_RESOLUTION = dt.timedelta(minutes=1)  # how finely last_used_at follows a key's use
+
+
+async def use_key(conn: AsyncConnection, key: str) -> tuple[uuid.UUID, uuid.UUID] | None:
+    """(key id, user id) of a live key, or None; its use is recorded in ``last_used_at`` so that
+    ``keys list`` tells live keys from forgotten ones, at most once per ``KEY_USE_RESOLUTION``: the
+    look-up itself says whether the record is stale, so a key in steady use costs one statement, and
+    a write once a minute. (That column is not one a verification reads, so the write empties no
+    token cache: migration 0010.)"""
     if not key.startswith(KEY_PREFIX) or len(key) > 100:
         return None
+    stale = or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < func.now() - KEY_USE_RESOLUTION)
     row = (
         await conn.execute(
-            select(ApiKey.id, ApiKey.user_id).where(
+            select(ApiKey.id, ApiKey.user_id, stale.label("stale")).where(
                 ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)
             )
         )
     ).first()
-    return None if row is None else (row.id, row.user_id)
+    if row is None:
+        return None
+    if row.stale:
+        await conn.execute(update(ApiKey).where(ApiKey.id == row.id, stale).values(last_used_at=func.now()))
+    return row.id, row.user_id
