@@ -61,7 +61,7 @@ class DatabaseUrl:
 TOOL_ROLE = "rowscope_tool"  # created by migration 0002; NOLOGIN, NOBYPASSRLS
 SWITCH_TO_USER = text("SELECT set_config('role', :role, true), set_config('rowscope.user_id', :uid, true)")
 COMPILED_CACHE_SIZE = 512  # distinct read shapes kept compiled (the model's filters vary the shape)
-SHAPE_CACHE_SIZE = 512  # distinct read requests (less the user) kept as ready SQL and parameters
+SHAPE_CACHE_SIZE = 512  # distinct read shapes (requests less the user and values) kept as ready SQL
 
 
 @dataclass(frozen=True)
@@ -166,11 +166,11 @@ class Database:
         build: Callable[[], Select[Any]],
         values: Mapping[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
-        """:meth:`read_as` for a read tool's request, keyed by its ``shape``: everything its statement
-        is built from except the user (the model, fields, filter, order and page, as the request gave
-        them). The first request of a shape builds the statement (``build()``, for this user) and
-        compiles it; a later one of the same shape, for any user, skips both and reuses that SQL and
-        its parameters with only the user rebound. That is sound because the policy names the user
+        """:meth:`read_as` for a read tool's request, keyed by its ``shape``: everything that decides
+        its statement's SQL text, which is neither the user nor the ``values`` (below). The first
+        request of a shape builds the statement (``build()``, for this user) and compiles it; a later
+        one of the same shape, for any user, skips both and reuses that SQL and its parameters with
+        the user and the values rebound. That is sound because the policy names the user
         in one parameter and nowhere else (``USER_PARAM``), which is checked here when a shape is
         first kept; and lock 2 holds regardless: the transaction is switched to ``user_id`` and
         row-level security checks every row against it. ``shape=None``: build every time.
