@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Report, finish, free_port, migrated_database, parser, pg_version, scratch_cluster
-from bench.toolcall import HEADERS, MODERN, mint_token, modern_call, rpc, seed
+from bench.toolcall import HEADERS, MODERN, QUERY, mint_token, modern_call, new_value_query, rpc, seed
 
 ASGIApp = Callable[..., Any]
 FORM_FIELDS = ("title", "description", "url")
@@ -132,10 +132,7 @@ async def run(report: Report, url: str, smoke: bool, profile: Path | None) -> st
     rowscope = build_http_app(build_runtime(settings, url))
     floor = apps.floor()
     auth = HEADERS | {"Authorization": f"Bearer {token}"}
-    same = rpc("query_records", {"model": "PortfolioItem"})
-
-    def fresh() -> bytes:
-        return rpc("query_records", {"model": "PortfolioItem", "where": {"title": {"not": uuid.uuid4().hex}}})
+    same = rpc(*QUERY)
 
     forms = itertools.count()
 
@@ -149,12 +146,12 @@ async def run(report: Report, url: str, smoke: bool, profile: Path | None) -> st
         return rpc("query_records", {"model": "PortfolioItem", "where": where})
 
     # The same calls on the 2026-07-28 wire, the revision the SDK's client speaks by default.
-    modern, modern_headers = modern_call("query_records", {"model": "PortfolioItem"}, auth)
+    modern, modern_headers = modern_call(*QUERY, auth)
     floor_modern, floor_modern_headers = modern_call("constant", {}, HEADERS)
     subjects: dict[str, Subject] = {
         "floor": (floor, lambda: rpc("constant", {}), HEADERS),
         "rowscope": (rowscope, lambda: same, auth),
-        "rowscope, a new filter value every call": (rowscope, fresh, auth),
+        "rowscope, a new filter value every call": (rowscope, new_value_query, auth),
         "rowscope, a new filter form every call": (rowscope, new_form, auth),
         f"floor, {MODERN} wire": (floor, lambda: floor_modern, floor_modern_headers),
         f"rowscope, {MODERN} wire": (rowscope, lambda: modern, modern_headers),

@@ -109,6 +109,11 @@ def modern_call(
 QUERY = ("query_records", {"model": "PortfolioItem"})  # 20 rows of the token's user
 
 
+def new_value_query() -> bytes:
+    """QUERY with a filter value never sent before (it matches every row: still 20 rows)."""
+    return rpc("query_records", {"model": "PortfolioItem", "where": {"title": {"not": uuid.uuid4().hex}}})
+
+
 def floor_of(subject: str, workers: int) -> str:
     """The floor a subject's ratio is taken against: the floor of its worker count on its wire."""
     return f"floor-{workers}-{MODERN}" if subject.endswith(MODERN) else f"floor-{workers}"
@@ -436,9 +441,6 @@ async def run_all(args: Any, report: Report, server: Any, url: str, dsn: str, lo
     env = child_env(DATABASE_URL=url, ROWSCOPE_PORT=str(port), ROWSCOPE_HOST="127.0.0.1")
     query_body = rpc(*QUERY)
 
-    def fresh_query() -> bytes:
-        return rpc("query_records", {"model": "PortfolioItem", "where": {"title": {"not": uuid.uuid4().hex}}})
-
     auth = HEADERS | {"Authorization": f"Bearer {token}"}
 
     # The ceiling: uvicorn + this load generator, no MCP.
@@ -476,7 +478,7 @@ async def run_all(args: Any, report: Report, server: Any, url: str, dsn: str, lo
             if workers == 1:
                 # Every call a filter value never seen before (it matches every row, so still 20
                 # rows): the filter's form is kept, so its SQL is reused with the new value bound.
-                subjects["rowscope-fresh"] = (port, fresh_query, auth)
+                subjects["rowscope-fresh"] = (port, new_value_query, auth)
                 # What the direct path (rowscope/server/direct.py) buys: the same server with every
                 # call going through the SDK's per-request session.
                 sdk_port = free_port()
