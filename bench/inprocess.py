@@ -16,7 +16,7 @@ the median round stands.
 This is where the tool-call path is profiled: ``--profile FILE`` writes a pyinstrument profile of
 rowscope's calls (HTML, or text when FILE ends in ``.txt``).
 
-    .venv/bin/python -m bench.inprocess [--smoke] [--profile /tmp/rowscope-call.html]
+    .venv/bin/python -m bench.inprocess [--smoke] [--profile /tmp/call.html] [--profile-wire 2026-07-28]
 """
 
 from __future__ import annotations
@@ -118,7 +118,9 @@ async def measure(
     }
 
 
-async def run(report: Report, url: str, smoke: bool, profile: Path | None) -> str | None:
+async def run(
+    report: Report, url: str, smoke: bool, profile: Path | None, profile_modern: bool
+) -> str | None:
     """Measure into ``report``; the profile's text when ``profile`` is given."""
     from bench import apps
     from rowscope.server.app import build_http_app, build_runtime
@@ -162,7 +164,8 @@ async def run(report: Report, url: str, smoke: bool, profile: Path | None) -> st
         figures = await measure(port, subjects, calls, rounds)
         profiled = None
         if profile is not None:
-            profiled = await write_profile(profile, rowscope, port, same, auth, 50 if smoke else 3000)
+            body, headers = (modern, modern_headers) if profile_modern else (same, auth)
+            profiled = await write_profile(profile, rowscope, port, body, headers, 50 if smoke else 3000)
     finally:
         for stop in stops:
             await stop()
@@ -200,6 +203,12 @@ async def write_profile(
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--profile", type=Path, help="write a pyinstrument profile of rowscope's calls here")
+    p.add_argument(
+        "--profile-wire",
+        choices=("2025-11-25", MODERN),
+        default="2025-11-25",
+        help="the wire of the profiled calls",
+    )
     args = p.parse_args(argv)
     report = Report("inprocess", args.smoke)
     with scratch_cluster("inprocess") as server:
@@ -209,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         seed(dsn)
         import uvloop  # what uvicorn runs rowscope on
 
-        profiled = uvloop.run(run(report, url, args.smoke, args.profile))
+        profiled = uvloop.run(run(report, url, args.smoke, args.profile, args.profile_wire == MODERN))
     if args.profile is not None and profiled is not None:
         args.profile.write_text(profiled)
         print(f"profile: {args.profile}")

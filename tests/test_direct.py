@@ -398,7 +398,12 @@ def test_the_corpus_says_which_requests_the_direct_path_takes(database_url: str,
 
     for item in CASES:
         assert anyio.run(taken, item) == item.direct, item.id
-    assert {item.headers["MCP-Protocol-Version"] for item in CASES if item.direct} >= {"2025-11-25", MODERN}
+    versions = {item.headers["MCP-Protocol-Version"] for item in CASES if item.direct}
+    assert versions >= {"2025-11-25", MODERN}
+    # And it wrote the tools' results itself (their JSON spliced in, not serialized again) on every
+    # version it answered: the SDK's shape of a compact result is known for each of them.
+    for version in versions:
+        assert path._compact_shape(version) is not None, version
 
 
 def test_a_tool_that_declares_an_mcp_param_header_has_it_checked_as_the_sdk_does(tmp_path: Path) -> None:

@@ -630,7 +630,7 @@ async def test_a_kept_read_shape_is_rebound_to_each_user_and_built_once(
         rows = await rt.database.read_shaped(user, shape, builder(user))
         expected = visible_ids(admin, "PortfolioItem", user)
         assert expected, "every demo user owns portfolio items"
-        assert {row["id"] for row in rows} == expected
+        assert {row_id for (row_id,) in rows} == expected
     assert built == [demo.ALICE]
 
     with pytest.raises(RuntimeError, match="another user"):

@@ -14,12 +14,12 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg.pq import TransactionStatus
-from psycopg.rows import dict_row
+from psycopg.rows import AsyncRowFactory, dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import UUID
@@ -31,6 +31,7 @@ from sqlalchemy.sql import Select
 from rowscope.db.policy import USER_PARAM
 
 _IDLE = TransactionStatus.IDLE
+Row = TypeVar("Row")
 _SCHEMES = {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg_async"}
 
 
@@ -157,7 +158,7 @@ class Database:
         runs through :meth:`user_transaction` instead.
         """
         sql, params, _ = self._compile(statement)
-        return await self._read(user_id, statement, sql, params)
+        return await self._read(user_id, statement, sql, params, dict_row)
 
     async def read_shaped(
         self,
@@ -165,7 +166,7 @@ class Database:
         shape: Hashable | None,
         build: Callable[[], Select[Any]],
         values: Mapping[str, Any] | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[tuple[Any, ...]]:
         """:meth:`read_as` for a read tool's request, keyed by its ``shape``: everything that decides
         its statement's SQL text, which is neither the user nor the ``values`` (below). The first
         request of a shape builds the statement (``build()``, for this user) and compiles it; a later
@@ -180,7 +181,11 @@ class Database:
         shape then need not hold them, only what decides the SQL text (the read tools' filter
         structure, ``db/filters.py``), so requests that differ only in these values share a shape.
         ``build()`` gives the statement with this request's values; a kept shape is only ever asked
-        for with the same names."""
+        for with the same names.
+
+        The rows come as tuples, in the order of the statement's columns: the caller built the
+        statement, so it knows them, and psycopg then makes each row in C, where a dict per row
+        (``read_as``) costs a Python call per row and the column names read from every result."""
         values = values or {}
         entry = self._shapes.get(shape) if shape is not None else None
         if entry is None:
@@ -191,7 +196,7 @@ class Database:
                 raise RuntimeError("a read statement names another user than the one it runs as")
             # Not kept: no shape, a statement _compile cannot serve, or the user rendered into the SQL.
             if sql is None or shape is None or (USER_PARAM not in params and str(user_id) in sql):
-                return await self._read(user_id, statement, sql, params)
+                return await self._read(user_id, statement, sql, params, tuple_row)
             if USER_PARAM in values or not values.keys() <= params.keys():
                 raise RuntimeError("a read's values must be parameters of its statement, not the user")
             processing = {name: process for name, process in processors.items() if name in values}
@@ -209,23 +214,36 @@ class Database:
                 params[name] = process(params[name])
             if USER_PARAM in params:
                 params[USER_PARAM] = self._user_value(user_id)
-        return await self._run(user_id, entry.sql, params)
+        return await self._run(user_id, entry.sql, params, tuple_row)
 
     async def _read(
-        self, user_id: uuid.UUID, statement: Select[Any], sql: str | None, params: dict[str, Any]
-    ) -> list[dict[str, Any]]:
+        self,
+        user_id: uuid.UUID,
+        statement: Select[Any],
+        sql: str | None,
+        params: dict[str, Any],
+        rows: AsyncRowFactory[Row],
+    ) -> list[Row]:
         """Run ``statement`` as compiled by :meth:`_compile`: pipelined, or, when ``sql`` is None,
-        through :meth:`user_transaction`."""
+        through :meth:`user_transaction`; each row made by ``rows`` (dicts or tuples)."""
         if sql is None:
             async with self.user_transaction(user_id) as conn:
-                return [dict(row) for row in (await conn.execute(statement)).mappings()]
-        return await self._run(user_id, sql, params)
+                result = await conn.execute(statement)
+                made: list[Any] = (
+                    [dict(row) for row in result.mappings()]
+                    if rows is dict_row
+                    else [tuple(row) for row in result]
+                )
+                return made
+        return await self._run(user_id, sql, params, rows)
 
     def _user_value(self, user_id: uuid.UUID) -> Any:
         """The user's id as psycopg is sent it for USER_PARAM (its type's bind processor applied)."""
         return user_id if self._user_bind is None else self._user_bind(user_id)
 
-    async def _run(self, user_id: uuid.UUID, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    async def _run(
+        self, user_id: uuid.UUID, sql: str, params: dict[str, Any], rows: AsyncRowFactory[Row]
+    ) -> list[Row]:
         if self._reads.closed:
             await self._reads.open()  # the first read of the process opens the pool
         for attempt in (1, 2):
@@ -235,7 +253,7 @@ class Database:
             # rolls back, or discards and replaces, a connection returned in a transaction or broken.
             raw = await self._reads.getconn()
             try:
-                return await _pipelined_read(raw, self._switch_sql, user_id, sql, params)
+                return await _pipelined_read(raw, self._switch_sql, user_id, sql, params, rows)
             except psycopg.OperationalError:
                 if attempt == 2:
                     raise
@@ -336,8 +354,13 @@ class _ReadPool(AsyncConnectionPool[_ReadConnection]):
 
 
 async def _pipelined_read(
-    raw: _ReadConnection, switch: str, user_id: uuid.UUID, sql: str, params: dict[str, Any]
-) -> list[dict[str, Any]]:
+    raw: _ReadConnection,
+    switch: str,
+    user_id: uuid.UUID,
+    sql: str,
+    params: dict[str, Any],
+    rows: AsyncRowFactory[Row],
+) -> list[Row]:
     """Switch to the user, read: one pipeline, one network round trip, one transaction. The
     connection is in autocommit and the two statements go out with a single Sync after them, so
     PostgreSQL runs them as one implicit transaction (the extended protocol ends it at the Sync,
@@ -351,7 +374,7 @@ async def _pipelined_read(
     would cost more than the switch's own result to drop."""
     pipeline = await raw.held_pipeline()
     try:
-        cursor = raw.cursor(row_factory=dict_row)
+        cursor = raw.cursor(row_factory=rows)
         await cursor.execute(switch, {"role": TOOL_ROLE, "uid": str(user_id)})
         await cursor.execute(sql, params)
         await pipeline.sync()

@@ -16,7 +16,9 @@ What stays the SDK's: the request's surface validation for its protocol version
 (``mcp_types.methods.validate_client_request``), the 2026-07-28 envelope ladder
 (``classify_inbound_request``, ``find_duplicated_routing_header``, ``validate_mcp_param_headers``),
 argument validation and the call and result conversion (``MCPServer.call_tool``), the per-version
-shaping of the result (``serialize_server_result``) and the mapping of a failure to its wire error
+shaping of the result (``serialize_server_result``; for the tools' compact results, asked once per
+version with a probe of their form, and then written here with their own JSON spliced in as the
+structured content, ``rowscope/tools/results.py``) and the mapping of a failure to its wire error
 (``modern_error_data``, ``ERROR_CODE_HTTP_STATUS``). What is done here mirrors the SDK's transport
 and handler step for step: the DNS-rebinding and Content-Type check (the SDK's own
 ``TransportSecurityMiddleware``), the Accept check, the mapping of a tool failure to an ``isError``
@@ -27,6 +29,7 @@ identical answers. ``ROWSCOPE_DIRECT_TOOL_CALLS=false`` turns the direct path of
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -52,12 +55,13 @@ from mcp.shared.inbound import (
 from mcp_types import SERVER_INFO_META_KEY, CallToolResult, Implementation, TextContent
 from mcp_types.methods import serialize_server_result, validate_client_request
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rowscope.server.bodies import read_body, replay
+from rowscope.tools.results import CompactResult
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +117,7 @@ class DirectToolCalls:
         # The 2026-07-28 results' serverInfo stamp: the SDK's Implementation of this server, as the
         # SDK dumps it (its identity is fixed once the server is built).
         self._server_info: dict[str, Any] | None = None
-        self._structured_versions: dict[str, bool] = {}  # _keeps_structured's answers
+        self._compact_shapes: dict[str, dict[str, Any] | None] = {}  # _compact_shape's answers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/mcp":
@@ -132,8 +136,7 @@ class DirectToolCalls:
         if call is None:
             await self.app(scope, replay(body, receive), send)
             return
-        status, payload = await self._answer(request, call)
-        data = pydantic_core.to_json(payload)
+        status, data = await self._answer(request, call)
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": data})
@@ -203,7 +206,7 @@ class DirectToolCalls:
         schema = self._header_schemas.get(call.name)
         return schema is None or validate_mcp_param_headers(schema, call.arguments, request.headers) is None
 
-    async def _answer(self, request: Request, call: _Call) -> tuple[int, dict[str, Any]]:
+    async def _answer(self, request: Request, call: _Call) -> tuple[int, bytes]:
         """The HTTP status and JSON-RPC response the SDK's handler gives this call on its wire."""
         request_context: ServerRequestContext[Any, Request] = ServerRequestContext(
             session=_NoBackChannel(),  # type: ignore[arg-type]
@@ -232,29 +235,42 @@ class DirectToolCalls:
             else:
                 log.exception("Tool %r raised an unexpected exception", call.name)
             result = CallToolResult(content=[TextContent(type="text", text=str(exc))], is_error=True)
-        # The SDK's per-version shape, less the one large part: every version types structuredContent
-        # as an opaque JSON object, which the shaping keeps as it is or drops, so it is shaped
-        # without it (two passes over 20 rows fewer, ~28 µs) and put back where the version keeps it.
-        opaque = {"structured_content"}
-        dumped = result.model_dump(by_alias=True, mode="json", exclude_none=True, exclude=opaque)
-        shaped = serialize_server_result(METHOD, call.version, dumped)
-        structured = result.structured_content if isinstance(result, CallToolResult) else None
-        if structured is not None and self._keeps_structured(call.version):
-            shaped["structuredContent"] = structured
+        template = self._compact_shape(call.version) if isinstance(result, CompactResult) else None
+        if template is not None:
+            # A compact result as the SDK shapes it for this version: its text block written here, its
+            # structured content the JSON it was made from, not serialized again.
+            assert isinstance(result, CompactResult)
+            shaped = {"content": [{"type": "text", "text": result.text}], **template}
+            return 200, self._response(call, shaped, result.serialized)
+        dumped = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+        return 200, self._response(call, serialize_server_result(METHOD, call.version, dumped), None)
+
+    def _response(self, call: _Call, shaped: dict[str, Any], structured: bytes | None) -> bytes:
+        """The JSON-RPC response's bytes: ``shaped`` as the result (stamped on the 2026-07-28 wire),
+        with ``structured`` (JSON) as its structuredContent when given."""
         if call.modern:
             self._stamp(shaped)
-        return 200, {"jsonrpc": "2.0", "id": call.id, "result": shaped}
+        data = pydantic_core.to_json({"jsonrpc": "2.0", "id": call.id, "result": shaped})
+        if structured is None:
+            return data
+        # data ends with the result object's and the response's closing braces.
+        return b"".join((data[:-2], b',"structuredContent":', structured, b"}}"))
 
-    def _keeps_structured(self, version: str) -> bool:
-        """Whether the SDK's result shape for ``version`` keeps a tool's structuredContent (it is new
-        in 2025-06-18), asked of the SDK itself once per version."""
-        keeps = self._structured_versions.get(version)
-        if keeps is None:
-            probe = CallToolResult(content=[], structured_content={"probe": True})
+    def _compact_shape(self, version: str) -> dict[str, Any] | None:
+        """The SDK's shape for ``version`` of a :class:`CompactResult`, less its text block and its
+        structured content (the other fields' values, e.g. ``isError``); ``None`` when that shape
+        changes the text block or does not keep the structured content as it is (it is new in
+        2025-06-18). Asked of the SDK itself, once per version, with a probe of that form."""
+        if version not in self._compact_shapes:
+            probe = CompactResult.of(_Probe(probe=True))
             dumped = probe.model_dump(by_alias=True, mode="json", exclude_none=True)
+            content, structured = copy.deepcopy(dumped["content"]), dumped["structuredContent"]
             shaped = serialize_server_result(METHOD, version, dumped)
-            keeps = self._structured_versions[version] = shaped.get("structuredContent") == {"probe": True}
-        return keeps
+            kept = (
+                shaped.pop("content", None) == content and shaped.pop("structuredContent", None) == structured
+            )
+            self._compact_shapes[version] = shaped if kept else None
+        return self._compact_shapes[version]
 
     def _stamp(self, result: dict[str, Any]) -> None:
         """What the SDK's runner adds to every 2026-07-28 result: ``resultType`` (required on that
@@ -279,5 +295,9 @@ class DirectToolCalls:
             result["_meta"] = {**meta, SERVER_INFO_META_KEY: self._server_info}
 
 
-def _error(request_id: int | str, error: dict[str, Any]) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": request_id, "error": error}
+def _error(request_id: int | str, error: dict[str, Any]) -> bytes:
+    return pydantic_core.to_json({"jsonrpc": "2.0", "id": request_id, "error": error})
+
+
+class _Probe(BaseModel):
+    probe: bool

@@ -74,16 +74,16 @@ def _to_number(value: Any) -> Any:
     return float(value) if isinstance(value, decimal.Decimal) else value
 
 
-def _json_rows(rows: list[dict[str, Any]], exposed: ExposedModel, fields: list[str]) -> list[dict[str, Any]]:
-    """The rows as the model reads them: only ``fields``, in that order, NUMERIC values as numbers.
-    The rows are fresh dicts from the database, converted in place, only in the columns that need it."""
-    if rows and list(rows[0]) != fields:  # sort keys were read too, or the fields' order differs
-        rows = [{f: row[f] for f in fields} for row in rows]
-    for field in fields:
+def _json_rows(rows: list[tuple[Any, ...]], exposed: ExposedModel, names: list[str]) -> list[dict[str, Any]]:
+    """The rows as the model reads them: a dict of the first ``len(names)`` columns of each row (the
+    selected fields, in order; sort keys read only for the cursor come after them), NUMERIC values as
+    numbers."""
+    made = [dict(zip(names, row, strict=False)) for row in rows]
+    for field in names:
         if field in exposed.numeric:
-            for row in rows:
+            for row in made:
                 row[field] = _to_number(row[field])
-    return rows
+    return made
 
 
 MAX_SHAPE_VALUES = 256  # values one kept statement binds; a request with more is built for each call
@@ -135,13 +135,14 @@ async def query_records(
     rt = runtime(ctx)
     user = current_user(ctx)
     exposed = exposed_model(ctx, model)
-    fields = list(select) if select else list(exposed.columns)
+    fields = list(dict.fromkeys(select)) if select else list(exposed.columns)
     unknown = [f for f in fields if f not in exposed.columns]
     if unknown:
         raise FilterError(
             f"{model} has no field {unknown[0]!r} to select; allowed: {', '.join(exposed.columns)}"
         )
     order = _order(exposed, order_by)
+    # The columns read, in order: the fields, then any sort key not among them (for the cursor).
     wanted = list(dict.fromkeys([*fields, *(f for f, _ in order)]))
     planner = FilterPlanner(model, exposed.columns)
     condition = planner.where(where)
@@ -176,7 +177,11 @@ async def query_records(
     rows = await rt.database.read_shaped(user, shape, build, planner.values)
     more = len(rows) > take
     rows = rows[:take]
-    next_cursor = encode_cursor(order, [rows[-1][f] for f, _ in order]) if more else None
+    if more:
+        last = rows[-1]
+        next_cursor = encode_cursor(order, [last[wanted.index(f)] for f, _ in order])
+    else:
+        next_cursor = None
     # Built from values this function made, unvalidated: the SDK validates the structured content
     # against QueryResult, the tool's output schema, once, when the call returns.
     return QueryResult.model_construct(
@@ -201,5 +206,5 @@ async def count_records(ctx: Context[Any], model: ModelName, where: Where = None
         return sql_select(func.count().label("count")).select_from(exposed.table).where(scoped)
 
     shape = _shape(planner, "count", model, condition)
-    (row,) = await rt.database.read_shaped(user, shape, build, planner.values)
-    return CountResult(model=model, count=row["count"])
+    ((count,),) = await rt.database.read_shaped(user, shape, build, planner.values)
+    return CountResult(model=model, count=count)
