@@ -607,6 +607,33 @@ async def test_a_read_connection_kept_in_pipeline_mode_is_idle_between_reads_and
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], "closed without a warning"
 
 
+async def test_the_read_pool_hands_out_the_connection_returned_last(database_url: str) -> None:
+    """The read pool is LIFO (``_ReadPool`` overrides how psycopg's pool picks an idle connection):
+    the connection returned last is the next one out, so a single client's reads stay on one warm
+    backend; the one idle longest is left at the end the pool shrinks from."""
+    database = Database(DatabaseUrl.parse(database_url), pool_size=3)
+    pool = database._reads
+    try:
+        await pool.open(wait=True)
+        held = [await pool.getconn() for _ in range(3)]
+        for raw in held:
+            await pool.putconn(raw)
+        assert await pool.getconn() is held[-1]
+        assert await pool.getconn() is held[-2]
+        assert await pool.getconn() is held[0]
+        for raw in held:
+            await pool.putconn(raw)
+        # A read takes and returns the one on top: the same backend, read after read.
+        pids = {
+            row["pid"]
+            for _ in range(5)
+            for row in await database.read_as(demo.BOB, sa.select(sa.func.pg_backend_pid().label("pid")))
+        }
+        assert pids == {held[-1].info.backend_pid}
+    finally:
+        await database.dispose()
+
+
 async def test_a_kept_read_shape_is_rebound_to_each_user_and_built_once(
     rt: Runtime, admin: sa.Engine
 ) -> None:
