@@ -8,6 +8,7 @@ HTTP at ``/mcp`` behind the bearer-token verifier. Nothing is created at import 
 from __future__ import annotations
 
 import contextlib
+import gc
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -137,6 +138,11 @@ def build_http_app(runtime: Runtime) -> McpFirst:
         async with server.session_manager.run(), anyio.create_task_group() as tasks:
             if cache is not None:
                 await tasks.start(cache.listen)
+            # Everything built so far (modules, SQLAlchemy's and pydantic's schemas, the policy, the
+            # pools) lives as long as the process: out of the collector's reach, so a full
+            # collection no longer walks ~155,000 objects, ~80 ms with every request waiting (the
+            # p99 of a loaded worker, bench/README.md), but only what came after.
+            gc.freeze()
             try:
                 yield {}
             finally:
