@@ -7,6 +7,7 @@ checked against a superuser SQL query that states each rule in plain SQL below.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -21,6 +22,7 @@ import sqlalchemy as sa
 from mcp.client import Client
 from sqlalchemy.exc import DBAPIError
 
+from rowscope.db import reads
 from rowscope.db.engine import TOOL_ROLE, Database, DatabaseUrl
 from rowscope.server import demo
 from rowscope.server.app import build_mcp, build_runtime
@@ -561,13 +563,14 @@ async def test_the_one_round_trip_read_is_as_transaction_local_as_a_user_transac
         await database.dispose()
 
 
-async def test_a_read_connection_kept_in_pipeline_mode_is_idle_between_reads_and_checked_for_real(
+async def test_a_read_connection_is_an_ordinary_idle_connection_between_reads(
     database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The read pool's connection stays in pipeline mode from one read to the next (the CPU of
-    entering and leaving it every read saved): between reads it is idle with nothing queued, each
-    read is still switched to its own user and nothing more, the pool's check() still probes it
-    with a round trip (and keeps it), and a failing read in between changes none of that."""
+    """A read drives its connection's libpq handle in pipeline mode (rowscope/db/reads.py), and
+    leaves it between reads as psycopg's pool expects it: idle, out of pipeline mode, usable by
+    psycopg itself; each read is still switched to its own user and nothing more, the pool's check()
+    still probes it with a round trip (and keeps it), and a failing read in between changes none of
+    that. The statements a read prepared stay prepared on the connection for the next one."""
     database = Database(DatabaseUrl.parse(database_url), pool_size=1)
     probe = sa.select(
         sa.func.current_user().label("role"),
@@ -576,35 +579,94 @@ async def test_a_read_connection_kept_in_pipeline_mode_is_idle_between_reads_and
         sa.func.now().label("now"),
     )
 
-    async def left_idle() -> psycopg.pq.PipelineStatus:
-        """The pool's one connection as it was left: idle, and in pipeline mode or not."""
+    async def left_idle() -> tuple[psycopg.pq.PipelineStatus, int]:
+        """The pool's one connection as it was left: its pipeline mode, and its prepared statements."""
         raw = await database._reads.getconn()
         try:
             assert raw.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
-            return psycopg.pq.PipelineStatus(raw.pgconn.pipeline_status)
+            prepared = await (await raw.execute("SELECT count(*) FROM pg_prepared_statements")).fetchone()
+            assert prepared is not None
+            return psycopg.pq.PipelineStatus(raw.pgconn.pipeline_status), prepared[0]
         finally:
             await database._reads.putconn(raw)
 
     try:
         (first,) = await database.read_as(demo.BOB, probe)
-        assert await left_idle() == psycopg.pq.PipelineStatus.ON
+        assert await left_idle() == (psycopg.pq.PipelineStatus.OFF, 2), "the switch and the probe"
         (second,) = await database.read_as(demo.ALICE, probe)
         assert (second["role"], second["setting"]) == (TOOL_ROLE, str(demo.ALICE))
         assert second["pid"] == first["pid"], "the same pooled connection must be reused"
         assert second["now"] > first["now"], "each read is a transaction of its own"
+        assert await left_idle() == (psycopg.pq.PipelineStatus.OFF, 2), "prepared once, executed twice"
         await database._reads.check()
-        # Out of pipeline mode, where check()'s probe went through and was answered, not just queued.
-        assert await left_idle() == psycopg.pq.PipelineStatus.OFF
         (checked,) = await database.read_as(demo.BOB, probe)
         assert checked["pid"] == first["pid"], "check() keeps a live connection"
         with pytest.raises(psycopg.errors.DivisionByZero):
             await database.read_as(demo.BOB, sa.select((sa.literal(1) / sa.literal(0)).label("boom")))
         (after,) = await database.read_as(demo.CAROL, probe)
         assert (after["role"], after["setting"], after["pid"]) == (TOOL_ROLE, str(demo.CAROL), first["pid"])
-        assert await left_idle() == psycopg.pq.PipelineStatus.ON
+        assert (await left_idle())[0] == psycopg.pq.PipelineStatus.OFF
     finally:
         await database.dispose()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], "closed without a warning"
+
+
+async def test_a_read_keeps_at_most_its_share_of_prepared_statements_or_none_behind_pgbouncer(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each read connection keeps the statements its reads prepared, the oldest closed past
+    ``PREPARED_PER_CONNECTION`` (every read still right after its statement was closed and prepared
+    again), and with ``?pgbouncer=true`` prepares nothing at all: each read sends its statements
+    whole, which a pooler in transaction mode can route to any server connection."""
+    monkeypatch.setattr(reads, "PREPARED_PER_CONNECTION", 4)
+
+    def numbered(n: int) -> Any:
+        # The number written into the SQL: six statements of their own.
+        return sa.select(
+            sa.literal_column(str(n)).label("n"), sa.func.current_setting("rowscope.user_id").label("u")
+        )
+
+    async def prepared_on(database: Database) -> set[str]:
+        raw = await database._reads.getconn()
+        try:
+            listed = await (await raw.execute("SELECT statement FROM pg_prepared_statements")).fetchall()
+            return {statement for (statement,) in listed}
+        finally:
+            await database._reads.putconn(raw)
+
+    pgbouncer = database_url + ("&" if "?" in database_url else "?") + "pgbouncer=true"
+    for url, most in ((database_url, 4), (pgbouncer, 0)):
+        database = Database(DatabaseUrl.parse(url), pool_size=1)
+        try:
+            for round_ in range(2):
+                for n in range(6):
+                    assert await database.read_as(demo.BOB, numbered(n)) == [{"n": n, "u": str(demo.BOB)}]
+                kept = await prepared_on(database)
+                assert len(kept) == most, (url, round_, kept)
+        finally:
+            await database.dispose()
+
+
+async def test_a_read_interrupted_half_way_never_hands_its_connection_out_again(database_url: str) -> None:
+    """A read cancelled while PostgreSQL is still working on it (its results still due on the
+    connection) closes that connection: the pool replaces it, and the next read runs on a fresh
+    one, switched to its own user, as if nothing had happened."""
+    database = Database(DatabaseUrl.parse(database_url), pool_size=1)
+    probe = sa.select(
+        sa.func.pg_backend_pid().label("pid"), sa.func.current_setting("rowscope.user_id").label("u")
+    )
+    try:
+        (before,) = await database.read_as(demo.BOB, probe)
+        slow = asyncio.create_task(database.read_as(demo.BOB, sa.select(sa.func.pg_sleep(5).label("z"))))
+        await asyncio.sleep(0.3)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        (after,) = await database.read_as(demo.ALICE, probe)
+        assert after["u"] == str(demo.ALICE)
+        assert after["pid"] != before["pid"], "the interrupted connection was handed out again"
+    finally:
+        await database.dispose()
 
 
 async def test_the_read_pool_hands_out_the_connection_returned_last(database_url: str) -> None:

@@ -3,8 +3,8 @@
 Every tool runs inside :meth:`Database.user_transaction`: one transaction whose first statement
 switches to the tool role (no BYPASSRLS) and sets ``rowscope.user_id``, both transaction-local, so
 nothing leaks into the next user of a pooled connection and the scheme is safe behind pgbouncer in
-transaction mode. With ``?pgbouncer=true`` in the URL psycopg's server-side prepared statements
-are turned off as well.
+transaction mode. With ``?pgbouncer=true`` in the URL server-side prepared statements are turned
+off as well (psycopg's, and those of the read tools' own path, ``db/reads.py``).
 """
 
 from __future__ import annotations
@@ -12,15 +12,12 @@ from __future__ import annotations
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
-from psycopg.pq import TransactionStatus
-from psycopg.rows import AsyncRowFactory, dict_row, tuple_row
-from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.engine.interfaces import Compiled
@@ -29,9 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.sql import Select
 
 from rowscope.db.policy import USER_PARAM
+from rowscope.db.reads import TOOL_ROLE, ReadConnection, ReadPool, Rows, read
 
-_IDLE = TransactionStatus.IDLE
-Row = TypeVar("Row")
 _SCHEMES = {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg_async"}
 
 
@@ -59,7 +55,6 @@ class DatabaseUrl:
         return "postgresql://" + self.sqlalchemy.split("://", 1)[1]
 
 
-TOOL_ROLE = "rowscope_tool"  # created by migration 0002; NOLOGIN, NOBYPASSRLS
 SWITCH_TO_USER = text("SELECT set_config('role', :role, true), set_config('rowscope.user_id', :uid, true)")
 COMPILED_CACHE_SIZE = 512  # distinct read shapes kept compiled (the model's filters vary the shape)
 SHAPE_CACHE_SIZE = 512  # distinct read shapes (requests less the user and values) kept as ready SQL
@@ -90,11 +85,12 @@ class Database:
         self.url = url
         self._compiled: OrderedDict[Any, _Compiled] = OrderedDict()
         self._shapes: OrderedDict[Hashable, _Shaped] = OrderedDict()
-        # The read tools' pool (read_as): psycopg's own, autocommit, so a read is one pipeline with
-        # no SQLAlchemy checkout, greenlet hop or reset around it. Opened by the first read.
-        self._reads: _ReadPool = _ReadPool(
+        # The read tools' pool (read_as): psycopg's own, autocommit, so a read is one pipelined
+        # write (db/reads.py) with no SQLAlchemy checkout, greenlet hop or reset around it. Opened
+        # by the first read.
+        self._reads: ReadPool = ReadPool(
             url.libpq,
-            connection_class=_ReadConnection,
+            connection_class=ReadConnection,
             min_size=1,
             max_size=pool_size,
             kwargs=connect_args | {"autocommit": True},
@@ -149,16 +145,17 @@ class Database:
     async def read_as(self, user_id: uuid.UUID, statement: Select[Any]) -> list[dict[str, Any]]:
         """The rows of one read statement, run in a user transaction exactly as
         :meth:`user_transaction` runs it (tool role, ``rowscope.user_id``, both transaction-local),
-        but sent in one round trip: the switch and the statement go out together in psycopg's
-        pipeline mode as one implicit transaction, instead of four round trips through SQLAlchemy's
-        async layers. The hot path of the read tools; ``benchmarks: bench/toolcall.py``.
+        but sent in one network write and one round trip: the switch and the statement go out
+        together in libpq's pipeline mode as one implicit transaction (``db/reads.py``), instead of
+        four round trips through SQLAlchemy's async layers. The hot path of the read tools;
+        ``benchmarks: bench/toolcall.py``.
 
         The statement is compiled by SQLAlchemy (every value a bound parameter, passed through its
         type's bind processor as SQLAlchemy would); the rare statement :meth:`_compile` cannot serve
         runs through :meth:`user_transaction` instead.
         """
         sql, params, _ = self._compile(statement)
-        return await self._read(user_id, statement, sql, params, dict_row)
+        return (await self._read(user_id, statement, sql, params)).dicts()
 
     async def read_shaped(
         self,
@@ -184,8 +181,8 @@ class Database:
         for with the same names.
 
         The rows come as tuples, in the order of the statement's columns: the caller built the
-        statement, so it knows them, and psycopg then makes each row in C, where a dict per row
-        (``read_as``) costs a Python call per row and the column names read from every result."""
+        statement, so it knows them, and psycopg makes each row in C, where a dict per row
+        (``read_as``) costs a Python call per row."""
         values = values or {}
         entry = self._shapes.get(shape) if shape is not None else None
         if entry is None:
@@ -196,7 +193,7 @@ class Database:
                 raise RuntimeError("a read statement names another user than the one it runs as")
             # Not kept: no shape, a statement _compile cannot serve, or the user rendered into the SQL.
             if sql is None or shape is None or (USER_PARAM not in params and str(user_id) in sql):
-                return await self._read(user_id, statement, sql, params, tuple_row)
+                return (await self._read(user_id, statement, sql, params)).tuples
             if USER_PARAM in values or not values.keys() <= params.keys():
                 raise RuntimeError("a read's values must be parameters of its statement, not the user")
             processing = {name: process for name, process in processors.items() if name in values}
@@ -214,46 +211,34 @@ class Database:
                 params[name] = process(params[name])
             if USER_PARAM in params:
                 params[USER_PARAM] = self._user_value(user_id)
-        return await self._run(user_id, entry.sql, params, tuple_row)
+        return (await self._run(user_id, entry.sql, params)).tuples
 
     async def _read(
-        self,
-        user_id: uuid.UUID,
-        statement: Select[Any],
-        sql: str | None,
-        params: dict[str, Any],
-        rows: AsyncRowFactory[Row],
-    ) -> list[Row]:
+        self, user_id: uuid.UUID, statement: Select[Any], sql: str | None, params: dict[str, Any]
+    ) -> Rows:
         """Run ``statement`` as compiled by :meth:`_compile`: pipelined, or, when ``sql`` is None,
-        through :meth:`user_transaction`; each row made by ``rows`` (dicts or tuples)."""
+        through :meth:`user_transaction`."""
         if sql is None:
             async with self.user_transaction(user_id) as conn:
                 result = await conn.execute(statement)
-                made: list[Any] = (
-                    [dict(row) for row in result.mappings()]
-                    if rows is dict_row
-                    else [tuple(row) for row in result]
-                )
-                return made
-        return await self._run(user_id, sql, params, rows)
+                return Rows(list(result.keys()), [tuple(row) for row in result])
+        return await self._run(user_id, sql, params)
 
     def _user_value(self, user_id: uuid.UUID) -> Any:
         """The user's id as psycopg is sent it for USER_PARAM (its type's bind processor applied)."""
         return user_id if self._user_bind is None else self._user_bind(user_id)
 
-    async def _run(
-        self, user_id: uuid.UUID, sql: str, params: dict[str, Any], rows: AsyncRowFactory[Row]
-    ) -> list[Row]:
+    async def _run(self, user_id: uuid.UUID, sql: str, params: dict[str, Any]) -> Rows:
         if self._reads.closed:
             await self._reads.open()  # the first read of the process opens the pool
         for attempt in (1, 2):
             # getconn/putconn rather than connection(), which also enters the connection's own
             # context: a commit() (or rollback()) with nothing to do on an autocommit connection
-            # _pipelined_read leaves idle, yet a measurable share of a read's CPU. putconn() still
-            # rolls back, or discards and replaces, a connection returned in a transaction or broken.
+            # read() leaves idle, yet a measurable share of a read's CPU. putconn() still rolls
+            # back, or discards and replaces, a connection returned in a transaction, broken or closed.
             raw = await self._reads.getconn()
             try:
-                return await _pipelined_read(raw, self._switch_sql, user_id, sql, params, rows)
+                return await read(raw, self._switch_sql, user_id, sql, params)
             except psycopg.OperationalError:
                 if attempt == 2:
                     raise
@@ -309,96 +294,3 @@ class Database:
     async def dispose(self) -> None:
         await self._reads.close()
         await self.engine.dispose()
-
-
-class _ReadConnection(psycopg.AsyncConnection[Any]):
-    """A connection of the read pool, kept in pipeline mode from one read to the next.
-
-    Entering and leaving pipeline mode for every read (a context manager, the connection's lock
-    taken four times, a new Pipeline, and a Flush sent after the Sync) is a good share of a read's
-    client CPU, while a read needs only its Sync. Between reads the connection is idle with nothing
-    queued, like any other pooled connection, only still in libpq's pipeline mode. It leaves that
-    mode through psycopg's own exit (a Sync, and every result still due fetched) when a read fails,
-    and before the pool checks or closes it; the next read enters it again."""
-
-    _held: tuple[AbstractAsyncContextManager[psycopg.AsyncPipeline], psycopg.AsyncPipeline] | None = None
-
-    async def held_pipeline(self) -> psycopg.AsyncPipeline:
-        if self._held is None:
-            manager = self.pipeline()
-            self._held = (manager, await manager.__aenter__())
-        return self._held[1]
-
-    async def leave_pipeline(self, exc: BaseException | None = None) -> None:
-        """Leave pipeline mode, if in it, as ``async with conn.pipeline()`` would on ``exc``."""
-        if (held := self._held) is not None:
-            self._held = None
-            if exc is None:
-                await held[0].__aexit__(None, None, None)
-            else:
-                await held[0].__aexit__(type(exc), exc, exc.__traceback__)
-
-    async def close(self) -> None:
-        with suppress(psycopg.Error):  # a dead connection has nothing left to sync
-            await self.leave_pipeline()
-        await super().close()
-
-
-class _ReadPool(AsyncConnectionPool[_ReadConnection]):
-    """psycopg's pool, handing out the connection returned last (LIFO) instead of the one idle the
-    longest (FIFO). A read is short, so FIFO walks every call round all the idle connections —
-    after a burst of 32 clients, one client's calls each went to another of ten PostgreSQL backends,
-    every one cold in the CPU caches of these two shared cores. LIFO keeps the busy few warm (the
-    HTTP benchmark's 1- and 32-client rounds, interleaved: 0.74 / 0.81 times the floor against 0.68 /
-    0.76) and leaves the rest idle at the other end, which is where the pool shrinks from.
-    ``tests/test_isolation.py`` pins the order, since it overrides a method of the pool's own."""
-
-    async def _get_ready_connection(self, timeout: float | None) -> _ReadConnection | None:  # noqa: ASYNC109 (the pool's signature)
-        if self._pool and (timeout is None or timeout > 0.0):
-            conn = self._pool.pop()
-            self._nconns_min = min(self._nconns_min, len(self._pool))  # as the pool's own does
-            return conn
-        return await super()._get_ready_connection(timeout)
-
-    @staticmethod
-    async def check_connection(conn: _ReadConnection) -> None:
-        """The pool's own probe, on a connection out of pipeline mode: in it, the probe would only
-        be queued, neither sent through to the server nor answered."""
-        await conn.leave_pipeline()
-        await AsyncConnectionPool.check_connection(conn)
-
-
-async def _pipelined_read(
-    raw: _ReadConnection,
-    switch: str,
-    user_id: uuid.UUID,
-    sql: str,
-    params: dict[str, Any],
-    rows: AsyncRowFactory[Row],
-) -> list[Row]:
-    """Switch to the user, read: one pipeline, one network round trip, one transaction. The
-    connection is in autocommit and the two statements go out with a single Sync after them, so
-    PostgreSQL runs them as one implicit transaction (the extended protocol ends it at the Sync,
-    not after each statement): the transaction-local switch holds for the read and is gone with it,
-    exactly as in :meth:`Database.user_transaction`, without a BEGIN and a COMMIT to send and run.
-    A failing statement aborts the rest of the pipeline and rolls the whole back at the Sync; the
-    connection then leaves pipeline mode, which fetches whatever the failure left unread.
-
-    One cursor runs both statements: the pipeline hands each statement's result to the cursor in
-    the order sent, so the read's result is the one left to fetch, and a second cursor to build
-    would cost more than the switch's own result to drop."""
-    pipeline = await raw.held_pipeline()
-    try:
-        cursor = raw.cursor(row_factory=rows)
-        await cursor.execute(switch, {"role": TOOL_ROLE, "uid": str(user_id)})
-        await cursor.execute(sql, params)
-        await pipeline.sync()
-    except BaseException as exc:
-        await raw.leave_pipeline(exc)
-        raise
-    finally:
-        # The libpq status first: a plain attribute, where raw.info builds an object every read.
-        if raw.pgconn.transaction_status != _IDLE and not raw.closed and not raw.broken:
-            await raw.leave_pipeline()
-            await raw.execute("ROLLBACK")  # never expected (no BEGIN is sent); a guard for the pool
-    return await cursor.fetchall()
