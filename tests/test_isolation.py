@@ -611,14 +611,17 @@ async def test_a_read_connection_is_an_ordinary_idle_connection_between_reads(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], "closed without a warning"
 
 
+@pytest.mark.parametrize("close_message", [True, False], ids=["close message", "deallocate"])
 async def test_a_read_keeps_at_most_its_share_of_prepared_statements_or_none_behind_pgbouncer(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
+    database_url: str, monkeypatch: pytest.MonkeyPatch, close_message: bool
 ) -> None:
     """Each read connection keeps the statements its reads prepared, the oldest closed past
     ``PREPARED_PER_CONNECTION`` (every read still right after its statement was closed and prepared
-    again), and with ``?pgbouncer=true`` prepares nothing at all: each read sends its statements
-    whole, which a pooler in transaction mode can route to any server connection."""
+    again) by a Close message, or by ``DEALLOCATE`` where libpq is older than 17, and with
+    ``?pgbouncer=true`` prepares nothing at all: each read sends its statements whole, which a
+    pooler in transaction mode can route to any server connection."""
     monkeypatch.setattr(reads, "PREPARED_PER_CONNECTION", 4)
+    monkeypatch.setattr(reads, "CLOSE_MESSAGE", close_message)  # False: what a libpq before 17 does
 
     def numbered(n: int) -> Any:
         # The number written into the SQL: six statements of their own.

@@ -46,6 +46,9 @@ from psycopg_pool import AsyncConnectionPool
 
 TOOL_ROLE = "rowscope_tool"  # created by migration 0002; NOLOGIN, NOBYPASSRLS
 PREPARED_PER_CONNECTION = 256  # statements kept prepared on one connection (the oldest closed)
+# Whether this libpq sends a Close message for a prepared statement (PQsendClosePrepared, libpq 17;
+# psycopg's binary wheel ships a newer one, a system libpq may be older).
+CLOSE_MESSAGE = pq.version() >= 170000
 
 _OK = pq.ExecStatus.COMMAND_OK
 _TUPLES = pq.ExecStatus.TUPLES_OK
@@ -108,7 +111,10 @@ class _Prepared:
         new = len({key for key in keys if key not in self.names})
         for _ in range(max(0, min(len(self.names) + new - PREPARED_PER_CONNECTION, len(self.names)))):
             _, name = self.names.popitem(last=False)
-            pg.send_close_prepared(name)
+            if CLOSE_MESSAGE:
+                pg.send_close_prepared(name)
+            else:  # libpq before 17 has no Close message to send in a pipeline; the statement does it
+                pg.send_query_params(b"DEALLOCATE " + name, None)
 
 
 class ReadConnection(psycopg.AsyncConnection[Any]):
