@@ -15,8 +15,9 @@ psycopg's own, from psycopg's pool, with psycopg converting the query and its pa
 (``PostgresQuery``) and loading the rows (``Transformer``, in C), and psycopg's errors raised from
 the results — and only does the sending and the fetching: every message of the read (prepares of
 statements not yet prepared on this connection, the two executions, the Sync) in one write, then
-the results until the Sync. 160 → 53 µs of client CPU and 291 → 142 µs of wall time per read
-(``bench/README.md``). The connection is in libpq's pipeline mode only during a read (entering
+the results until the Sync. Measured interleaved against the psycopg cursors it replaced, on one
+connection each: 194 → 128 µs of client CPU and 319 → 263 µs of wall time per read (two runs, the
+other 221 → 145 and 314 → 272). The connection is in libpq's pipeline mode only during a read (entering
 and leaving it, with nothing queued, sends nothing); between reads it is an ordinary idle psycopg
 connection, for the pool to check, reset or close. A read interrupted before its Sync was fetched
 (cancelled, or the connection lost) closes the connection, so the pool replaces it rather than
