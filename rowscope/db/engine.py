@@ -147,8 +147,8 @@ class Database:
         :meth:`user_transaction` runs it (tool role, ``rowscope.user_id``, both transaction-local),
         but sent in one network write and one round trip: the switch and the statement go out
         together in libpq's pipeline mode as one implicit transaction (``db/reads.py``), instead of
-        four round trips through SQLAlchemy's async layers. The hot path of the read tools;
-        ``benchmarks: bench/toolcall.py``.
+        four round trips through SQLAlchemy's async layers. The read tools take it through
+        :meth:`read_shaped`; ``benchmarks: bench/toolcall.py``.
 
         The statement is compiled by SQLAlchemy (every value a bound parameter, passed through its
         type's bind processor as SQLAlchemy would); the rare statement :meth:`_compile` cannot serve
@@ -221,7 +221,8 @@ class Database:
         if sql is None:
             async with self.user_transaction(user_id) as conn:
                 result = await conn.execute(statement)
-                return Rows(list(result.keys()), [tuple(row) for row in result])
+                names = list(result.keys())
+                return Rows([tuple(row) for row in result], lambda: names)
         return await self._run(user_id, sql, params)
 
     def _user_value(self, user_id: uuid.UUID) -> Any:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +51,6 @@ PREPARED_PER_CONNECTION = 256  # statements kept prepared on one connection (the
 # psycopg's binary wheel ships a newer one, a system libpq may be older).
 CLOSE_MESSAGE = pq.version() >= 170000
 
-_OK = pq.ExecStatus.COMMAND_OK
 _TUPLES = pq.ExecStatus.TUPLES_OK
 _SYNC = pq.ExecStatus.PIPELINE_SYNC
 _FAILED = (pq.ExecStatus.FATAL_ERROR, pq.ExecStatus.PIPELINE_ABORTED)
@@ -60,35 +59,15 @@ _IDLE = pq.TransactionStatus.IDLE
 
 @dataclass(frozen=True)
 class Rows:
-    """A read's rows as tuples, in the order of the statement's columns, and those columns' names."""
+    """A read's rows as tuples, in the order of the statement's columns, and how to name those
+    columns: asked only by :meth:`dicts` (the read tools know their columns)."""
 
-    names: Sequence[str]
     tuples: list[tuple[Any, ...]]
+    names: Callable[[], Sequence[str]]
 
     def dicts(self) -> list[dict[str, Any]]:
-        return [dict(zip(self.names, row, strict=True)) for row in self.tuples]
-
-
-class _Names(Sequence[str]):
-    """A result's column names, decoded only if asked for (the read tools know their columns)."""
-
-    def __init__(self, result: pq.abc.PGresult, conn: psycopg.AsyncConnection[Any]) -> None:
-        self._result, self._conn = result, conn
-        self._names: list[str] | None = None
-
-    def _decoded(self) -> list[str]:
-        if self._names is None:
-            encoding = self._conn.info.encoding
-            self._names = [
-                (self._result.fname(i) or b"").decode(encoding) for i in range(self._result.nfields)
-            ]
-        return self._names
-
-    def __len__(self) -> int:
-        return self._result.nfields
-
-    def __getitem__(self, index: Any) -> Any:
-        return self._decoded()[index]
+        names = self.names()
+        return [dict(zip(names, row, strict=True)) for row in self.tuples]
 
 
 @dataclass
@@ -195,9 +174,14 @@ async def read(
         prepared.names.update(fresh)
     result = results[-1]
     if result.status != _TUPLES:
-        return Rows([], [])
+        return Rows([], list)
     transformer.set_pgresult(result)
-    return Rows(_Names(result, conn), transformer.load_rows(0, result.ntuples, tuple))
+
+    def names() -> list[str]:
+        encoding = conn.info.encoding
+        return [(result.fname(i) or b"").decode(encoding) for i in range(result.nfields)]
+
+    return Rows(transformer.load_rows(0, result.ntuples, tuple), names)
 
 
 def _send(

@@ -35,7 +35,6 @@ class CompactResult(CallToolResult):
     same JSON, decoded."""
 
     _json: bytes = PrivateAttr(default=b"")
-    _text: str = PrivateAttr(default="")
 
     @property
     def serialized(self) -> bytes:
@@ -43,7 +42,9 @@ class CompactResult(CallToolResult):
 
     @property
     def text(self) -> str:
-        return self._text
+        block = self.content[0]
+        assert isinstance(block, TextContent)
+        return block.text
 
     @classmethod
     def of(cls, model: BaseModel) -> CompactResult:
@@ -52,7 +53,7 @@ class CompactResult(CallToolResult):
         result = cls(
             content=[TextContent(type="text", text=text)], structured_content=pydantic_core.from_json(data)
         )
-        result._json, result._text = data, text
+        result._json = data
         return result
 
 
