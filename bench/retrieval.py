@@ -371,7 +371,7 @@ async def measure(
     def capture(_c: Any, _cur: Any, statement: str, parameters: Any, _ctx: Any, _many: bool) -> None:
         captured.append((statement, parameters))
 
-    event.listen(runtime.database.engine.sync_engine, "before_cursor_execute", capture)
+    event.listen(runtime.database.tool_engine.sync_engine, "before_cursor_execute", capture)
     rng = np.random.default_rng([world.seed, 2])
     out: dict[tuple[str, str], Measured] = {}
     try:

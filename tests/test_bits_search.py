@@ -118,7 +118,7 @@ async def search_as_alice(
         await conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
         await conn.execute(sa.text("SET LOCAL enable_bitmapscan = off"))
         await conn.execute(sa.text("SET LOCAL enable_sort = off"))
-        sa.event.listen(runtime.database.engine.sync_engine, "before_cursor_execute", capture)
+        sa.event.listen(runtime.database.tool_engine.sync_engine, "before_cursor_execute", capture)
         try:
             hits = await store.search(
                 conn,
@@ -130,7 +130,7 @@ async def search_as_alice(
                 source_types=None,
             )
         finally:
-            sa.event.remove(runtime.database.engine.sync_engine, "before_cursor_execute", capture)
+            sa.event.remove(runtime.database.tool_engine.sync_engine, "before_cursor_execute", capture)
         statement, parameters = captured[-1]
         plan = (await conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + statement, parameters)).scalar_one()
     return hits, plan_nodes(json.loads(plan) if isinstance(plan, str) else plan)

@@ -128,7 +128,7 @@ async def test_chunks_are_inserted_unindexed_and_found_by_the_graph_walk_before_
             await conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
             await conn.execute(sa.text("SET LOCAL enable_sort = off"))
             captured.clear()
-            sa.event.listen(runtime.database.engine.sync_engine, "before_cursor_execute", capture)
+            sa.event.listen(runtime.database.tool_engine.sync_engine, "before_cursor_execute", capture)
             try:
                 hits = await store.search(
                     conn,
@@ -140,7 +140,7 @@ async def test_chunks_are_inserted_unindexed_and_found_by_the_graph_walk_before_
                     source_types=None,
                 )
             finally:
-                sa.event.remove(runtime.database.engine.sync_engine, "before_cursor_execute", capture)
+                sa.event.remove(runtime.database.tool_engine.sync_engine, "before_cursor_execute", capture)
             scans = (
                 await conn.execute(sa.text(f"SELECT pg_stat_get_xact_numscans('{HNSW}'::regclass)"))
             ).scalar_one()

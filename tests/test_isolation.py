@@ -500,7 +500,9 @@ async def test_row_level_security_accepts_knowledge_inserts_by_an_editor_member(
 
 
 async def test_the_tool_role_and_user_id_are_transaction_local(database_url: str) -> None:
-    """Spec-required (ARCHITECTURE lock 2, pgbouncer transaction mode): nothing outlives the transaction."""
+    """Spec-required (ARCHITECTURE lock 2, pgbouncer transaction mode): nothing outlives the
+    transaction, and the tool connection it leaves behind sees no row (issue 13: it logs in as the
+    tool role, so without a switch row-level security still applies, with no user)."""
     database = Database(DatabaseUrl.parse(database_url), pool_size=1)
     probe = sa.text(
         "SELECT current_user, session_user, pg_backend_pid(), current_setting('rowscope.user_id', true)"
@@ -508,24 +510,28 @@ async def test_the_tool_role_and_user_id_are_transaction_local(database_url: str
     try:
         async with database.user_transaction(demo.BOB) as conn:
             role, login, pid, setting = (await conn.execute(probe)).one()
-        assert (role, setting) == (TOOL_ROLE, str(demo.BOB))
-        assert login != TOOL_ROLE
-        async with database.service_transaction() as conn:
+        assert (role, login, setting) == (TOOL_ROLE, TOOL_ROLE, str(demo.BOB))
+        async with database.tool_engine.connect() as conn:
             after = (await conn.execute(probe)).one()
+            await conn.rollback()
         assert after[2] == pid, "the same pooled connection must be reused for this test to mean anything"
-        assert after[0] == login
         assert after[3] in (None, "")
         # and after a transaction that failed half-way
         with pytest.raises(DBAPIError):
             async with database.user_transaction(demo.BOB) as conn:
                 await conn.execute(sa.text("SELECT * FROM api_keys"))
-        async with database.engine.begin() as conn:
+        async with database.tool_engine.begin() as conn:
             after = (await conn.execute(probe)).one()
             rows = (await conn.execute(sa.text("SELECT count(*) FROM user_profiles"))).scalar_one()
         assert after[2] == pid
-        assert after[0] == login
+        assert after[0] == TOOL_ROLE
         assert after[3] in (None, "")
-        assert rows >= 3, "the login role reads without RLS again"
+        assert rows == 0, "the tool login without a user sees nothing"
+        async with database.service_transaction() as conn:
+            owner, owner_rows = (
+                await conn.execute(sa.text("SELECT current_user, (SELECT count(*) FROM user_profiles)"))
+            ).one()
+        assert owner != TOOL_ROLE and owner_rows >= 3, "rowscope's own transactions run as the owner"
     finally:
         await database.dispose()
 
@@ -557,7 +563,7 @@ async def test_the_one_round_trip_read_is_as_transaction_local_as_a_user_transac
         assert pid == inside["pid"], (
             "the same pooled connection must be reused for this test to mean anything"
         )
-        assert role != TOOL_ROLE
+        assert role == TOOL_ROLE, "the read pool logs in as the tool role"
         assert setting in (None, "")
     finally:
         await database.dispose()

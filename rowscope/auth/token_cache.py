@@ -8,8 +8,10 @@ this cache keeps one ``LISTEN`` connection and clears itself on every notificati
 for ``ttl`` seconds at most, and never past the token's own expiry.
 
 The cache serves only while its listener is connected: if the connection drops, the cache is
-emptied and bypassed until it is back. Behind pgbouncer in transaction mode ``LISTEN`` cannot
-work, so the cache is not used there at all.
+emptied and bypassed until it is back. Behind a connection pooler ``LISTEN`` cannot be relied on,
+so the cache is not used there at all: not where the URL says ``?pgbouncer=true``, and not where
+the listener's connection turns out to be answered by a pooler (``db/guard.py``), whatever the
+URL says.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from collections import OrderedDict
 import anyio
 import psycopg
 from mcp.server.auth.provider import AccessToken
+
+from rowscope.db.guard import inspect
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,15 @@ class TokenCache:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
+                    if (await inspect(conn)).pooled:
+                        # A pooler hands this connection's server to others between statements: a
+                        # notification could go to whoever holds it then, so none may be relied on.
+                        log.info(
+                            "token cache: the database is behind a connection pooler; verifying every request"
+                        )
+                        if not started:
+                            task_status.started()
+                        return
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self.clear()
                     self.listening = True

@@ -1,32 +1,44 @@
 """Engine, connections and the per-user transaction (lock 2's half that lives in Python).
 
-Every tool runs inside :meth:`Database.user_transaction`: one transaction whose first statement
-switches to the tool role (no BYPASSRLS) and sets ``rowscope.user_id``, both transaction-local, so
-nothing leaks into the next user of a pooled connection and the scheme is safe behind pgbouncer in
-transaction mode. With ``?pgbouncer=true`` in the URL server-side prepared statements are turned
-off as well (psycopg's, and those of the read tools' own path, ``db/reads.py``).
+Two kinds of connection, logged in as two roles. Tool transactions (:meth:`Database.user_transaction`
+and the read tools' one-round-trip reads) connect as the tool role, ``rowscope_tool`` (no
+SUPERUSER, no BYPASSRLS; ``db/guard.py`` proves it on every new connection), and their first
+statement sets ``rowscope.user_id`` (and the role, once more), transaction-local, so nothing leaks
+into the next user of a pooled connection. Without that statement a tool connection sees no row
+at all. rowscope's own tables (accounts, OAuth) are read and written through
+:meth:`Database.service_transaction`, as the owning role of ``DATABASE_URL``.
+
+Server-side prepared statements are used only on connections proven to be direct (``db/guard.py``,
+3): a connection a pooler answered prepares nothing, whatever the URL says; ``?pgbouncer=true``
+turns them off everywhere as before. The service connections never prepare: their statements are
+few per request, and the tool transactions' own check of the backend pid does not cover them.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Hashable, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.engine.interfaces import Compiled
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql import Select
 
+from rowscope.db import guard
+from rowscope.db.guard import TOOL_ROLE
 from rowscope.db.policy import USER_PARAM
-from rowscope.db.reads import TOOL_ROLE, ReadConnection, ReadPool, Rows, read
+from rowscope.db.reads import ReadConnection, ReadPool, Rows, read
+
+log = logging.getLogger(__name__)
 
 _SCHEMES = {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg_async"}
 
@@ -54,8 +66,24 @@ class DatabaseUrl:
         """The same URL for psycopg / libpq directly."""
         return "postgresql://" + self.sqlalchemy.split("://", 1)[1]
 
+    @property
+    def user(self) -> str | None:
+        return urlsplit(self.sqlalchemy).username
 
-SWITCH_TO_USER = text("SELECT set_config('role', :role, true), set_config('rowscope.user_id', :uid, true)")
+    def as_role(self, role: str) -> DatabaseUrl:
+        """The same server and database, logged in as ``role`` with no password (the embedded
+        server trusts its socket; elsewhere libpq's password file or ROWSCOPE_TOOL_DATABASE_URL)."""
+        parts = urlsplit(self.sqlalchemy)
+        host = parts.netloc.rpartition("@")[2]
+        netloc = f"{quote(role, safe='')}@{host}"
+        url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+        return DatabaseUrl(sqlalchemy=url, pgbouncer=self.pgbouncer)
+
+
+# The switch answers the backend pid too: guard.check_switch compares it with the connection's.
+SWITCH_TO_USER = text(
+    "SELECT set_config('role', :role, true), set_config('rowscope.user_id', :uid, true), pg_backend_pid()"
+)
 COMPILED_CACHE_SIZE = 512  # distinct read shapes kept compiled (the model's filters vary the shape)
 SHAPE_CACHE_SIZE = 512  # distinct read shapes (requests less the user and values) kept as ready SQL
 
@@ -78,18 +106,22 @@ class _Shaped:
 class Database:
     """The process's one connection pool, and the two kinds of transaction rowscope opens."""
 
-    def __init__(self, url: DatabaseUrl, *, pool_size: int = 10) -> None:
-        connect_args: dict[str, Any] = {"connect_timeout": 5}
-        if url.pgbouncer:
-            connect_args["prepare_threshold"] = None
+    def __init__(self, url: DatabaseUrl, *, tool_url: DatabaseUrl | None = None, pool_size: int = 10) -> None:
+        """``url``: the owning role's (rowscope's own tables); ``tool_url``: where tool transactions
+        log in, by default the same server as ``TOOL_ROLE``."""
         self.url = url
+        self.tool_url = tool_url or url.as_role(TOOL_ROLE)
+        # Set once any connection turned out to be pooled mid-use (guard.check_switch): from then
+        # on no connection of this process prepares, whatever its own check says.
+        self.pooled = url.pgbouncer or self.tool_url.pgbouncer
+        connect_args: dict[str, Any] = {"connect_timeout": 5}
         self._compiled: OrderedDict[Any, _Compiled] = OrderedDict()
         self._shapes: OrderedDict[Hashable, _Shaped] = OrderedDict()
         # The read tools' pool (read_as): psycopg's own, autocommit, so a read is one pipelined
         # write (db/reads.py) with no SQLAlchemy checkout, greenlet hop or reset around it. Opened
         # by the first read.
         self._reads: ReadPool = ReadPool(
-            url.libpq,
+            self.tool_url.libpq,
             connection_class=ReadConnection,
             min_size=1,
             max_size=pool_size,
@@ -97,29 +129,77 @@ class Database:
             timeout=10,  # waiting for a free or new connection; then the tool says "unavailable"
             open=False,
         )
+        # No pre-ping (a round trip on every checkout): a connection the database dropped is
+        # replaced when a transaction's first statement finds it dead (below), and a detected
+        # disconnect invalidates the rest of the pool at once.
+        pooling = {"pool_size": pool_size, "max_overflow": pool_size, "pool_recycle": 1800}
         self.engine: AsyncEngine = create_async_engine(
-            url.sqlalchemy,
-            pool_size=pool_size,
-            max_overflow=pool_size,
-            # No pre-ping (a round trip on every checkout): a connection the database dropped is
-            # replaced when a user transaction's first statement finds it dead (below), and a
-            # detected disconnect invalidates the rest of the pool at once.
-            pool_recycle=1800,
-            connect_args=connect_args,
+            url.sqlalchemy, connect_args=connect_args | {"prepare_threshold": None}, **pooling
         )
+        self.tool_engine: AsyncEngine = create_async_engine(
+            self.tool_url.sqlalchemy, connect_args=connect_args, **pooling
+        )
+        event.listen(self.tool_engine.sync_engine, "connect", self._configure_tool)
         dialect = self.engine.dialect
         self._user_bind = UUID(as_uuid=True).dialect_impl(dialect).bind_processor(dialect)
         # The switch as psycopg takes it, for the pipelined reads: one statement text, two forms.
         self._switch_sql = str(SWITCH_TO_USER.compile(dialect=dialect))
 
+    def _classify(self, facts: guard.ConnectionFacts) -> int | None:
+        """Refuse a tool connection lock 2 would not bind; the backend pid its transactions must
+        report when it may prepare statements, or None when it may not (a pooler answered it)."""
+        guard.require_tool_role(facts)
+        if facts.pooled:
+            self._pooler_seen("a new connection was answered by another process than its server")
+        return None if self.pooled else facts.backend_pid
+
+    def _pooler_seen(self, how: str) -> None:
+        if not self.pooled:
+            log.warning(
+                "%s: a connection pooler the database URL does not name (?pgbouncer=true); "
+                "server-side prepared statements are off from now on",
+                how,
+            )
+            self.pooled = True
+
+    async def _configure_read(self, conn: ReadConnection) -> None:
+        """On a read connection's first use (not in the pool's own configure step, whose failures
+        the pool retries until its timeout: a refusal is to be said at once)."""
+        conn.rowscope_pid = self._classify(await guard.inspect(conn))
+        if conn.rowscope_pid is None:
+            conn.prepare_threshold = None
+        conn.rowscope_checked = True
+
+    def _configure_tool(self, dbapi_connection: Any, record: Any) -> None:
+        pid = record.info["rowscope_pid"] = self._classify(guard.inspect_sync(dbapi_connection))
+        if pid is None:
+            dbapi_connection.driver_connection.prepare_threshold = None
+
+    async def verify(self, tables: Iterable[str]) -> None:
+        """At start: lock 2 holds for these tables on this database, or :class:`guard.LockRefused`."""
+        conn = await psycopg.AsyncConnection.connect(self.tool_url.libpq, connect_timeout=5, autocommit=True)
+        async with conn:
+            facts = await guard.require_lock_two(conn, tables)
+        self._classify(facts)
+
     async def _connect_as(self, user_id: uuid.UUID) -> AsyncConnection:
-        """A pooled connection in a transaction already switched to the user. A connection found
-        dead by that first statement (the database restarted) is replaced once: nothing has run
+        """A pooled tool connection in a transaction already switched to the user. A connection
+        found dead by that first statement (the database restarted), or on another server
+        connection than its own (a pooler, guard.check_switch), is replaced once: nothing has run
         yet, so trying again is safe."""
         for attempt in (1, 2):
-            conn = await self.engine.connect()
+            conn = await self.tool_engine.connect()
             try:
-                await conn.execute(SWITCH_TO_USER, {"role": TOOL_ROLE, "uid": str(user_id)})
+                switched = await conn.execute(SWITCH_TO_USER, {"role": TOOL_ROLE, "uid": str(user_id)})
+                pid = switched.one()[2]
+                guard.check_switch(pid, conn.info.get("rowscope_pid"))
+            except guard.PoolerDetected:
+                self._pooler_seen("a tool transaction ran on another server connection than its own")
+                await conn.invalidate()
+                await conn.close()
+                if attempt == 1:
+                    continue
+                raise
             except DBAPIError as exc:
                 await conn.close()
                 if attempt == 1 and exc.connection_invalidated:
@@ -130,7 +210,7 @@ class Database:
 
     @asynccontextmanager
     async def user_transaction(self, user_id: uuid.UUID) -> AsyncIterator[AsyncConnection]:
-        """A transaction running as the tool role with ``rowscope.user_id`` set to ``user_id``."""
+        """A transaction logged in as the tool role with ``rowscope.user_id`` set to ``user_id``."""
         conn = await self._connect_as(user_id)
         try:
             try:
@@ -239,7 +319,16 @@ class Database:
             # back, or discards and replaces, a connection returned in a transaction, broken or closed.
             raw = await self._reads.getconn()
             try:
+                if not raw.rowscope_checked:
+                    await self._configure_read(raw)
                 return await read(raw, self._switch_sql, user_id, sql, params)
+            except guard.LockRefused:
+                await raw.close()  # refused: the pool replaces it, and the next one is checked again
+                raise
+            except guard.PoolerDetected:  # read() closed the connection; no new one prepares
+                self._pooler_seen("a read ran on another server connection than its own")
+                if attempt == 2:
+                    raise
             except psycopg.OperationalError:
                 if attempt == 2:
                     raise
@@ -294,4 +383,5 @@ class Database:
 
     async def dispose(self) -> None:
         await self._reads.close()
+        await self.tool_engine.dispose()
         await self.engine.dispose()

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psycopg
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from psycopg import sql
 from sqlalchemy import create_engine, pool
+
+from rowscope.db.guard import TOOL_ROLE
 
 
 def migrations_dir() -> Path:
@@ -42,3 +46,17 @@ def pending(sync_url: str) -> bool:
     finally:
         engine.dispose()
     return current != head
+
+
+def set_tool_password(libpq_url: str, password: str) -> None:
+    """Give the tool role ``password`` (``rowscope migrate`` with a ROWSCOPE_TOOL_DATABASE_URL that
+    carries one). libpq turns it into the verifier the server's ``password_encryption`` asks for
+    (SCRAM-SHA-256 by default) on this side, so the password itself never reaches the server, its
+    logs or its statistics."""
+    with psycopg.connect(libpq_url, autocommit=True) as conn:
+        verifier = conn.pgconn.encrypt_password(password.encode(), TOOL_ROLE.encode(), None)
+        conn.execute(
+            sql.SQL("ALTER ROLE {} WITH PASSWORD {}").format(
+                sql.Identifier(TOOL_ROLE), sql.Literal(verifier.decode())
+            )
+        )

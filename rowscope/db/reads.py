@@ -24,8 +24,9 @@ connection, for the pool to check, reset or close. A read interrupted before its
 hand out one with results still due.
 
 Statements are prepared per connection, each under a name never used before on it, and the
-oldest closed past ``PREPARED_PER_CONNECTION``; with ``?pgbouncer=true`` (``prepare_threshold``
-None on the connection) nothing is prepared and each read sends its statements whole.
+oldest closed past ``PREPARED_PER_CONNECTION``, only on a connection proven direct
+(``db/guard.py``, 3), and each read's switch must report that connection's backend pid; behind a
+pooler nothing is prepared and each read sends its statements whole.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ from psycopg.adapt import Transformer
 from psycopg.errors import error_from_result
 from psycopg_pool import AsyncConnectionPool
 
-TOOL_ROLE = "rowscope_tool"  # created by migration 0002; NOLOGIN, NOBYPASSRLS
+from rowscope.db.guard import TOOL_ROLE, check_switch
+
 PREPARED_PER_CONNECTION = 256  # statements kept prepared on one connection (the oldest closed)
 # Whether this libpq sends a Close message for a prepared statement (PQsendClosePrepared, libpq 17;
 # psycopg's binary wheel ships a newer one, a system libpq may be older).
@@ -103,6 +105,10 @@ class ReadConnection(psycopg.AsyncConnection[Any]):
     # Named apart from psycopg's own attributes (it has a _prepared of its own).
     _rowscope_statements: _Prepared | None = None
     _rowscope_transformer: AdaptTransformer | None = None
+    # The backend pid every read's switch must report, where this connection prepares statements
+    # (set by the pool's configure step, Database._configure_read; db/guard.py, 3).
+    rowscope_pid: int | None = None
+    rowscope_checked = False  # guard.inspect has run on it (Database._configure_read)
 
     def transformer(self) -> AdaptTransformer:
         if self._rowscope_transformer is None:
@@ -110,8 +116,8 @@ class ReadConnection(psycopg.AsyncConnection[Any]):
         return self._rowscope_transformer
 
     def prepared(self) -> _Prepared | None:
-        """Its prepared statements; None where nothing is prepared (pgbouncer's transaction mode)."""
-        if self.prepare_threshold is None:
+        """Its prepared statements; None where nothing is prepared (behind a pooler)."""
+        if self.prepare_threshold is None or self.rowscope_pid is None:
             return None
         if self._rowscope_statements is None:
             self._rowscope_statements = _Prepared()
@@ -170,6 +176,14 @@ async def read(
     if failed is not None:
         # A statement prepared in this round may or may not exist now: its name is never used again.
         raise error_from_result(failed, encoding=conn.info.encoding)
+    if prepared is not None:
+        first = next(r for r in results if r.status == _TUPLES)  # the switch (prepares answer no rows)
+        switched = first.get_value(0, 2) if first.ntuples == 1 else None
+        try:
+            check_switch(None if switched is None else int(switched), conn.rowscope_pid)
+        except BaseException:
+            await conn.close()  # its prepared statements are not where it thinks: never reused
+            raise
     if prepared is not None:
         prepared.names.update(fresh)
     result = results[-1]

@@ -46,11 +46,22 @@ INSTRUCTIONS = (
 )
 
 
+def tool_url(settings: Settings) -> DatabaseUrl | None:
+    """ROWSCOPE_TOOL_DATABASE_URL, parsed; None: derived from the database's URL (Database)."""
+    if settings.tool_database_url is None:
+        return None
+    return DatabaseUrl.parse(settings.tool_database_url.get_secret_value())
+
+
 def build_runtime(settings: Settings, database_url: str, *, stdio_user: uuid.UUID | None = None) -> Runtime:
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
     return Runtime(
         settings=settings,
-        database=Database(DatabaseUrl.parse(database_url), pool_size=settings.pool_size),
+        database=Database(
+            DatabaseUrl.parse(database_url),
+            tool_url=tool_url(settings),
+            pool_size=settings.pool_size,
+        ),
         policy_file=load_policy(settings.policy),
         embedder=build_embedder(
             openai_api_key=key,
@@ -58,6 +69,7 @@ def build_runtime(settings: Settings, database_url: str, *, stdio_user: uuid.UUI
             openai_model=settings.embedding_model,
             dimensions=1536,
             batch_size=settings.embedding_batch_size,
+            timeout=settings.embedding_timeout,
         ),
         stdio_user=stdio_user,
     )

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from types import FrameType
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import anyio
 from pydantic import ValidationError
@@ -26,9 +27,15 @@ from rowscope.auth.passwords import PasswordError, set_password
 from rowscope.db import accounts, migrate
 from rowscope.db.accounts import AccountError
 from rowscope.db.engine import Database, DatabaseUrl
+from rowscope.db.guard import TOOL_ROLE
 from rowscope.db.indexer import Indexer
 from rowscope.db.policy import PolicyError, load_policy
-from rowscope.server.database import DatabaseSetupError, require_current_schema, resolve_database
+from rowscope.server.database import (
+    DatabaseSetupError,
+    require_current_schema,
+    require_lock_two,
+    resolve_database,
+)
 from rowscope.server.settings import Settings
 from rowscope.server.workers import listening_socket, run_workers
 
@@ -157,6 +164,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from rowscope.server.app import build_http_app, build_runtime
 
     url, _embedded = _database(settings)
+    if not args.worker:  # the parent of workers has proved it for them
+        require_lock_two(settings, url)
     if settings.workers > 1 and not args.worker:
         if settings.port == 0:
             raise CommandError("--workers needs a fixed --port")
@@ -180,6 +189,7 @@ def cmd_stdio(settings: Settings, args: argparse.Namespace) -> int:
     from rowscope.server.app import build_mcp, build_runtime
 
     url, _embedded = _database(settings)
+    require_lock_two(settings, url)
 
     async def who(conn: Any) -> uuid.UUID:
         return await accounts.user_id(conn, args.user)
@@ -200,8 +210,14 @@ def cmd_stdio(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     resolved = resolve_database(settings, migrate_embedded=False)
-    migrate.upgrade(DatabaseUrl.parse(resolved.url).sqlalchemy)
+    owner = DatabaseUrl.parse(resolved.url)
+    migrate.upgrade(owner.sqlalchemy)
     print("database is at the newest schema")
+    tool = settings.tool_database_url
+    password = urlsplit(tool.get_secret_value()).password if tool is not None else None
+    if password:
+        migrate.set_tool_password(owner.libpq, unquote(password))
+        print(f"the tool role {TOOL_ROLE} has the password of ROWSCOPE_TOOL_DATABASE_URL")
     return 0
 
 

@@ -8,8 +8,11 @@ import logging
 import warnings
 from dataclasses import dataclass
 
+import psycopg
+
 from rowscope.db import migrate
-from rowscope.db.engine import DatabaseUrl
+from rowscope.db.engine import Database, DatabaseUrl
+from rowscope.db.guard import TOOL_ROLE, LockRefused
 from rowscope.server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,6 +29,11 @@ class ResolvedDatabase:
 
 
 def resolve_database(settings: Settings, *, migrate_embedded: bool = True) -> ResolvedDatabase:
+    if settings.tool_database_url is not None:
+        try:
+            DatabaseUrl.parse(settings.tool_database_url.get_secret_value())
+        except ValueError as exc:
+            raise DatabaseSetupError(f"ROWSCOPE_TOOL_DATABASE_URL: {exc}") from exc
     if settings.database_url is not None:
         raw = settings.database_url.get_secret_value()
         try:
@@ -51,3 +59,36 @@ def require_current_schema(url: str) -> None:
         raise DatabaseSetupError(f"cannot reach the database: {type(exc).__name__}") from exc
     if behind:
         raise DatabaseSetupError("the database schema is not up to date: run `rowscope migrate` first")
+
+
+def require_lock_two(settings: Settings, url: str) -> None:
+    """Refuse to serve where row-level security could not hold (``db/guard.py``), in one line."""
+    import anyio
+
+    from rowscope.db.policy import load_policy
+    from rowscope.server.app import tool_url
+
+    async def check() -> None:
+        database = Database(DatabaseUrl.parse(url), tool_url=tool_url(settings), pool_size=1)
+        try:
+            await database.verify(load_policy(settings.policy).table_names())
+        finally:
+            await database.dispose()
+
+    try:
+        anyio.run(check)
+    except LockRefused as exc:
+        raise DatabaseSetupError(f"refusing to serve: {exc}") from None
+    except psycopg.OperationalError as exc:
+        where = DatabaseUrl.parse(url).as_role(TOOL_ROLE) if settings.tool_database_url is None else None
+        role = where.user if where is not None else "the ROWSCOPE_TOOL_DATABASE_URL role"
+        raise DatabaseSetupError(
+            f"cannot connect as the tool role ({role}): {_reason(exc)}. After `rowscope migrate` the "
+            "role logs in; give it a password with ROWSCOPE_TOOL_DATABASE_URL (and `rowscope migrate`) "
+            "where the server asks for one"
+        ) from None
+
+
+def _reason(exc: BaseException) -> str:
+    """libpq's own first line (it names host and role; it never carries a password)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

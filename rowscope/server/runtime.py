@@ -52,6 +52,7 @@ class Runtime:
             # A callable `only` skips absent tables, so CompiledPolicy can name them in its error.
             await conn.run_sync(lambda sync: metadata.reflect(sync, only=lambda name, _: name in tables))
         self._policy = CompiledPolicy(self.policy_file, metadata)
+        await self.database.verify(tables)  # lock 2 holds for every table, or refuse (db/guard.py)
         knowledge = self.policy_file.knowledge
         if knowledge is not None and knowledge.indexed_column is not None:
             self.indexer = Indexer(

@@ -27,6 +27,14 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("DATABASE_URL", "ROWSCOPE_DATABASE_URL"),
         description="PostgreSQL URL. Unset: an embedded PostgreSQL with pgvector under data_dir.",
     )
+    tool_database_url: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Where tool transactions log in. Unset: database_url's server and database as the role "
+            "rowscope_tool, without a password. Set it to give that role's password, or a pooler's "
+            "user name form (rowscope_tool.<project-ref> on Supabase)."
+        ),
+    )
     data_dir: Path = Field(
         default_factory=_default_data_dir,
         description="Where the embedded PostgreSQL keeps its cluster (data_dir/pgdata).",
@@ -36,7 +44,7 @@ class Settings(BaseSettings):
         description="A scoping policy TOML file. Unset: the bundled Spark policy.",
     )
     pool_size: int = Field(
-        default=10, ge=1, le=200, description="Connections per process, in each of its two pools."
+        default=10, ge=1, le=200, description="Connections per process, in each of its three pools."
     )
 
     openai_api_key: SecretStr | None = Field(
@@ -51,6 +59,13 @@ class Settings(BaseSettings):
     )
     embedding_model: str = Field(default="text-embedding-3-large", description="The OpenAI embedding model.")
     embedding_batch_size: int = Field(default=64, ge=1, le=2048, description="Texts per embedding request.")
+    embedding_timeout: float = Field(
+        default=20.0,
+        ge=1,
+        le=300,
+        description="Seconds one embedding call may take in all, retries and backoff included; then "
+        "the tool fails with a clear error and changes nothing.",
+    )
 
     host: str = Field(default="127.0.0.1", description="Address `rowscope serve` binds.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port `rowscope serve` binds.")

@@ -19,6 +19,7 @@ from psycopg_pool import PoolTimeout
 from sqlalchemy.exc import DBAPIError, OperationalError, TimeoutError
 
 from rowscope.db.filters import FilterError
+from rowscope.db.guard import LockRefused
 from rowscope.embeddings import EmbeddingError
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,10 @@ class ToolFailure(Exception):
 
 UNAVAILABLE = "The database is unavailable right now; nothing was changed. Try again shortly."
 REFUSED = "The database refused this request; nothing was changed."
+MISCONFIGURED = (
+    "rowscope is misconfigured so that row-level security could not hold; nothing was read or "
+    "changed. The server's administrator has the details in its log."
+)
 
 
 def translated(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -42,6 +47,9 @@ def translated(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             return await fn(*args, **kwargs)
         except (ToolFailure, FilterError, EmbeddingError) as exc:
             raise ToolError(str(exc)) from None
+        except LockRefused as exc:  # fail closed (db/guard.py): the reason is for the operator
+            log.error("refused in %s: %s", fn.__name__, exc)
+            raise ToolError(MISCONFIGURED) from None
         except (OperationalError, TimeoutError, OSError, psycopg.OperationalError, PoolTimeout) as exc:
             log.warning("database unavailable in %s: %s", fn.__name__, exc)
             raise ToolError(UNAVAILABLE) from None
