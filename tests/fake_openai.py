@@ -1,5 +1,6 @@
 """A fake OpenAI embeddings endpoint on 127.0.0.1 speaking the real wire format
-(``POST /v1/embeddings``, float or base64 vectors, scripted errors with Retry-After headers)."""
+(``POST /v1/embeddings``, float or base64 vectors, scripted errors with Retry-After headers, slow
+answers, and requests that never get one)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     body: dict[str, Any] | None = None
     vector_length: int | None = None  # override the returned vector length
+    delay: float = 0.0  # seconds to wait before answering
 
 
 @dataclass
@@ -34,11 +36,30 @@ class FakeOpenAI:
     auth_headers: list[str] = field(default_factory=list)
     script: list[Reply] = field(default_factory=list)
     shuffle: bool = False
+    # A request with an input containing this text is never answered: the connection stays open,
+    # silent, until the client gives up or the server stops.
+    hang_marker: str | None = None
+    hanging: int = 0  # requests hanging right now
+    hanging_changed: threading.Condition = field(default_factory=threading.Condition)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     def next_reply(self) -> Reply:
         with self.lock:
             return self.script.pop(0) if self.script else Reply()
+
+    def hangs(self, inputs: list[str]) -> bool:
+        return self.hang_marker is not None and any(self.hang_marker in text for text in inputs)
+
+    def count_hanging(self, change: int) -> None:
+        with self.hanging_changed:
+            self.hanging += change
+            self.hanging_changed.notify_all()
+
+    def wait_hanging(self, count: int, timeout: float = 10.0) -> bool:
+        """Block until ``count`` requests hang (True), or ``timeout`` seconds pass (False)."""
+        with self.hanging_changed:
+            return self.hanging_changed.wait_for(lambda: self.hanging >= count, timeout)
 
 
 def vector_for(text: str, length: int) -> list[float]:
@@ -56,13 +77,16 @@ def make_handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
 
         def send_json(self, status: int, payload: dict[str, Any], headers: dict[str, str]) -> None:
             raw = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(raw)))
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(raw)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(raw)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up waiting (a slow reply past its timeout)
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
@@ -73,12 +97,21 @@ def make_handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             if self.path != "/v1/embeddings":
                 self.send_json(404, {"error": {"message": "not found", "type": "invalid_request_error"}}, {})
                 return
+            inputs = body["input"]
+            inputs = [inputs] if isinstance(inputs, str) else inputs
+            if fake.hangs(inputs):
+                fake.count_hanging(+1)
+                try:
+                    fake.stopping.wait()
+                finally:
+                    fake.count_hanging(-1)
+                return
             reply = fake.next_reply()
+            if reply.delay and fake.stopping.wait(reply.delay):
+                return
             if reply.status != 200 or reply.body is not None:
                 self.send_json(reply.status, reply.body or {"error": {"message": "scripted"}}, reply.headers)
                 return
-            inputs = body["input"]
-            inputs = [inputs] if isinstance(inputs, str) else inputs
             length_out = reply.vector_length or int(body.get("dimensions", DIMS))
             data: list[dict[str, Any]] = []
             for i, text in enumerate(inputs):
@@ -110,6 +143,7 @@ def serve_fake_openai() -> Iterator[FakeOpenAI]:
     try:
         yield fake
     finally:
+        fake.stopping.set()  # hanging and slow requests end, so their threads can be joined
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)

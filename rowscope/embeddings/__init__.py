@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Embedder, EmbeddingError
+from .base import DEFAULT_EMBEDDING_TIMEOUT, Embedder, EmbeddingError
 from .offline import HashingEmbedder, OfflineEmbedder
 from .openai import OpenAIEmbedder
 
@@ -23,8 +23,10 @@ def build_embedder(
     openai_model: str,
     dimensions: int,
     batch_size: int,
+    timeout: float = DEFAULT_EMBEDDING_TIMEOUT,
 ) -> Embedder:
-    """Return an OpenAIEmbedder when an API key is given, else the local OfflineEmbedder."""
+    """Return an OpenAIEmbedder when an API key is given, else the local OfflineEmbedder; either
+    way one ``embed`` call takes at most ``timeout`` seconds."""
     if openai_api_key:
         return OpenAIEmbedder(
             api_key=openai_api_key,
@@ -32,5 +34,6 @@ def build_embedder(
             model=openai_model,
             dimensions=dimensions,
             batch_size=batch_size,
+            timeout=timeout,
         )
-    return OfflineEmbedder(dimensions=dimensions, batch_size=batch_size)
+    return OfflineEmbedder(dimensions=dimensions, batch_size=batch_size, timeout=timeout)

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 DEFAULT_DIMENSIONS = 1536
+# Seconds one ``embed`` call may take in all, retries and backoff included (ROWSCOPE_EMBEDDING_TIMEOUT).
+DEFAULT_EMBEDDING_TIMEOUT = 20.0
 
 
 class EmbeddingError(Exception):
@@ -31,12 +33,27 @@ class Embedder(Protocol):
         ...
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """Embed ``texts``; one unit-length vector per text, in input order."""
+        """Embed ``texts``; one unit-length vector per text, in input order.
+
+        Bounded in total time: a call that runs out of it raises EmbeddingError.
+        """
         ...
 
     async def aclose(self) -> None:
         """Release network clients or model sessions."""
         ...
+
+
+def seconds(value: float) -> str:
+    """``value`` as a message shows it: 20.0 -> "20 s", 0.5 -> "0.5 s"."""
+    return f"{value:g} s"
+
+
+def check_timeout(value: float) -> float:
+    """Validate a total time bound in seconds."""
+    if not 0 < value < float("inf"):
+        raise ValueError("timeout must be a positive number of seconds")
+    return float(value)
 
 
 def l2_normalise(vector: Sequence[float]) -> list[float]:

@@ -32,7 +32,16 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
-from .base import DEFAULT_DIMENSIONS, EmbeddingError, check_texts, l2_normalise, zero_pad
+from .base import (
+    DEFAULT_DIMENSIONS,
+    DEFAULT_EMBEDDING_TIMEOUT,
+    EmbeddingError,
+    check_texts,
+    check_timeout,
+    l2_normalise,
+    seconds,
+    zero_pad,
+)
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -138,6 +147,11 @@ class OfflineEmbedder:
     The model is loaded lazily, in a worker thread, on the first ``embed``.
     Inference runs in a worker thread too (one at a time per instance, since
     onnxruntime already uses every core), so the event loop never blocks.
+
+    A call waits at most ``timeout`` seconds, queueing for the thread included,
+    then raises EmbeddingError. A thread cannot be stopped, so one already
+    running is left to finish its batch, unused; it gives up its place at once,
+    so the next call may overlap it for that long.
     """
 
     def __init__(
@@ -146,6 +160,7 @@ class OfflineEmbedder:
         dimensions: int = DEFAULT_DIMENSIONS,
         batch_size: int = 32,
         threads: int | None = None,
+        timeout: float = DEFAULT_EMBEDDING_TIMEOUT,
     ) -> None:
         if dimensions < MINILM_NATIVE_DIMENSIONS:
             raise ValueError(
@@ -157,6 +172,7 @@ class OfflineEmbedder:
         self._dimensions = dimensions
         self._batch_size = batch_size
         self._threads = threads
+        self._timeout = check_timeout(timeout)
         self._loaded: _MiniLM | None = None
         self._load_lock = threading.Lock()
         self._limiter: anyio.CapacityLimiter | None = None
@@ -175,7 +191,11 @@ class OfflineEmbedder:
             return []
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(1)
-        return await anyio.to_thread.run_sync(self._embed_sync, items, limiter=self._limiter)
+        with anyio.move_on_after(self._timeout):
+            return await anyio.to_thread.run_sync(
+                self._embed_sync, items, limiter=self._limiter, abandon_on_cancel=True
+            )
+        raise EmbeddingError(f"offline embedding model did not finish within {seconds(self._timeout)}")
 
     async def aclose(self) -> None:
         self._loaded = None
