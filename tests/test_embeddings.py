@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from rowscope.embeddings import (
@@ -308,6 +309,38 @@ async def test_offline_results_keep_input_order_and_do_not_depend_on_batching() 
         assert cosine(x, y) > 0.99999
         assert cosine(x, z) > 0.99999
     assert await OfflineEmbedder().embed([]) == []
+
+
+@pytest.mark.anyio
+async def test_offline_a_search_queued_behind_a_large_add_is_answered_before_the_add_ends() -> None:
+    """Issue 13 ("never let one user's slow embedding hold other users' searches"), our choice of
+    how: the model's thread is taken in turns of FAIR_SLICE texts, first come first served, so a
+    one-text search that queues while a 64-chunk document is embedding finishes first."""
+    embedder = OfflineEmbedder()
+    document = [f"chunk {i} " + "rows and columns of one user's own data " * 24 for i in range(64)]
+    finished: list[str] = []
+    try:
+        await embedder.embed(["warm the model up"])
+        limiter = embedder._limiter
+        assert limiter is not None
+
+        async def add() -> None:
+            await embedder.embed(document)
+            finished.append("add")
+
+        async def search() -> None:
+            await embedder.embed(["what do my rows say?"])
+            finished.append("search")
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(add)
+                await anyio.wait_all_tasks_blocked()  # the add waits on its first turn's thread
+                assert limiter.borrowed_tokens == 1
+                tasks.start_soon(search)
+    finally:
+        await embedder.aclose()
+    assert finished == ["search", "add"]
 
 
 def test_offline_refuses_a_column_smaller_than_the_model() -> None:
