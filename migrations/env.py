@@ -15,7 +15,8 @@ target_metadata = Base.metadata
 
 def run_migrations_online() -> None:
     url = config.attributes["url"]
-    engine = create_engine(url, poolclass=pool.NullPool)
+    # Nothing prepared: the migration may run through a transaction pooler (db/guard.py, 3).
+    engine = create_engine(url, poolclass=pool.NullPool, connect_args={"prepare_threshold": None})
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
         with context.begin_transaction():

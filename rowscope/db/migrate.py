@@ -39,7 +39,8 @@ def upgrade(sync_url: str) -> None:
 def pending(sync_url: str) -> bool:
     """Whether the database is behind the newest revision this rowscope knows."""
     head = ScriptDirectory.from_config(alembic_config(sync_url)).get_current_head()
-    engine = create_engine(sync_url, poolclass=pool.NullPool)
+    # Nothing prepared: the migration may run through a transaction pooler (db/guard.py, 3).
+    engine = create_engine(sync_url, poolclass=pool.NullPool, connect_args={"prepare_threshold": None})
     try:
         with engine.connect() as conn:
             current = MigrationContext.configure(conn).get_current_revision()
