@@ -13,6 +13,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
+from rowscope.db import guard
 from rowscope.db.engine import TOOL_ROLE, Database, DatabaseUrl
 from rowscope.db.guard import LockRefused
 from rowscope.db.policy import load_policy
@@ -255,3 +256,26 @@ def test_migrate_gives_the_tool_role_the_password_of_its_url_as_a_verifier(
     finally:
         with admin.begin() as conn:
             conn.execute(sa.text(f"ALTER ROLE {TOOL_ROLE} PASSWORD NULL"))
+
+
+@pytest.mark.parametrize(
+    ("user", "pid", "expected_pid", "answered"),
+    [
+        pytest.param(str(demo.BOB), 41, 41, True, id="this user, this backend"),
+        pytest.param(str(demo.BOB), 41, None, True, id="this user, a connection that prepares nothing"),
+        pytest.param(str(demo.ALICE), 41, 41, False, id="another user's switch"),
+        pytest.param(str(demo.ALICE), 41, None, False, id="another user's switch, unprepared"),
+        pytest.param(str(demo.BOB), 42, 41, False, id="another backend"),
+        pytest.param(None, None, 41, False, id="not a switch at all"),
+    ],
+)
+def test_a_switch_answer_is_accepted_only_for_this_user_on_this_backend(
+    user: str | None, pid: int | None, expected_pid: int | None, answered: bool
+) -> None:
+    """Issue 13 ("each read proves, in the same round trip, that the user id is the one this request
+    set"): the check every tool transaction's first answer goes through."""
+    if answered:
+        guard.check_switch(user, pid, str(demo.BOB), expected_pid)
+    else:
+        with pytest.raises(guard.PoolerDetected):
+            guard.check_switch(user, pid, str(demo.BOB), expected_pid)

@@ -191,8 +191,8 @@ class Database:
             conn = await self.tool_engine.connect()
             try:
                 switched = await conn.execute(SWITCH_TO_USER, {"role": TOOL_ROLE, "uid": str(user_id)})
-                pid = switched.one()[2]
-                guard.check_switch(pid, conn.info.get("rowscope_pid"))
+                _, user, pid = switched.one()
+                guard.check_switch(user, pid, str(user_id), conn.info.get("rowscope_pid"))
             except guard.PoolerDetected:
                 self._pooler_seen("a tool transaction ran on another server connection than its own")
                 await conn.invalidate()

@@ -123,14 +123,17 @@ def inspect_sync(dbapi_connection: Any) -> ConnectionFacts:
     return facts_from(tuple(row), driver.info.backend_pid)
 
 
-def check_switch(pid: int | None, expected_pid: int | None) -> None:
-    """A tool transaction's switch answered the backend ``pid``; on a connection that prepares
-    statements (``expected_pid`` not None) it must be the connection's own, or the transaction is
-    running on a server connection whose prepared statements are not ours (module docstring, 3)."""
-    if expected_pid is not None and pid != expected_pid:
+def check_switch(user: str | None, pid: int | None, expected_user: str, expected_pid: int | None) -> None:
+    """A tool transaction's first statement answered the ``user`` id it set and the backend ``pid``.
+    The user must be this request's (the statement that ran was the switch, with this request's
+    values); on a connection that prepares statements (``expected_pid`` not None) the pid must be
+    the connection's own, or the transaction is running on a server connection whose prepared
+    statements are not ours (module docstring, 3). Read together with the rest of the transaction,
+    so a mismatch means nothing of it is answered."""
+    if user != expected_user or (expected_pid is not None and pid != expected_pid):
         raise PoolerDetected(
-            "a tool transaction ran on another server connection than its own: a transaction "
-            "pooler; this connection is closed and no longer prepares statements"
+            "a tool transaction's first statement did not answer as the switch to this request's "
+            "user on this connection's own server connection: a pooler; the connection is closed"
         )
 
 

@@ -176,14 +176,21 @@ async def read(
     if failed is not None:
         # A statement prepared in this round may or may not exist now: its name is never used again.
         raise error_from_result(failed, encoding=conn.info.encoding)
-    if prepared is not None:
-        first = next(r for r in results if r.status == _TUPLES)  # the switch (prepares answer no rows)
-        switched = first.get_value(0, 2) if first.ntuples == 1 else None
-        try:
-            check_switch(None if switched is None else int(switched), conn.rowscope_pid)
-        except BaseException:
-            await conn.close()  # its prepared statements are not where it thinks: never reused
-            raise
+    # The switch's answer (prepares and closes answer no rows): this user, on this server process.
+    first = next((r for r in results if r.status == _TUPLES), None)
+    user = pid = None
+    if first is not None and first.ntuples == 1:
+        user, pid = first.get_value(0, 1), first.get_value(0, 2)
+    try:
+        check_switch(
+            None if user is None else user.decode(),
+            None if pid is None else int(pid),
+            str(user_id),
+            conn.rowscope_pid,
+        )
+    except BaseException:
+        await conn.close()  # its prepared statements are not where it thinks: never reused
+        raise
     if prepared is not None:
         prepared.names.update(fresh)
     result = results[-1]
