@@ -8,8 +8,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
@@ -35,14 +36,15 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def serve(database_url: str, log_dir: Path, **env: str) -> Iterator[str]:
-    """``rowscope serve`` on a free loopback port, yielding its base URL once GET /health answers."""
+def serve(database_url: str, log_dir: Path, *, args: Sequence[str] = (), **env: str) -> Iterator[str]:
+    """``rowscope serve`` on a free loopback port, yielding its base URL once GET /health answers;
+    ``args``: more of serve's options (``--workers 2``)."""
     port = free_port()
     log_path = log_dir / f"serve-{port}.log"
     url = f"http://127.0.0.1:{port}"
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [ROWSCOPE, "serve", "--port", str(port)],
+            [ROWSCOPE, "serve", "--port", str(port), *args],
             env=child_env(DATABASE_URL=database_url, **env),
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -67,3 +69,58 @@ def serve(database_url: str, log_dir: Path, **env: str) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+@dataclass(frozen=True)
+class Served:
+    """A running ``rowscope serve``: its base URL and port, the process, and its log file."""
+
+    url: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+@contextmanager
+def serving(database_url: str, log_dir: Path, *args: str, **env: str) -> Iterator[Served]:
+    """:func:`serve`, for tests that signal or kill the server (or its workers) themselves: yields
+    the process too, and at the end stops it only if it is still running."""
+    port = free_port()
+    log_path = log_dir / f"serve-{port}.log"
+    url = f"http://127.0.0.1:{port}"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [ROWSCOPE, "serve", "--port", str(port), *args],
+            env=child_env(DATABASE_URL=database_url, **env),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    served = Served(url, port, proc, log_path)
+    try:
+        deadline = time.monotonic() + 30
+        with httpx2.Client(timeout=2) as http:
+            while True:
+                try:
+                    if http.get(f"{url}/health").status_code == 200:
+                        break
+                except httpx2.TransportError:
+                    pass
+                assert time.monotonic() < deadline, f"rowscope serve did not come up:\n{served.log()}"
+                try:  # paces the poll, and notices a server that died
+                    code = proc.wait(timeout=0.1)
+                except subprocess.TimeoutExpired:
+                    continue
+                pytest.fail(f"rowscope serve exited with {code}:\n{served.log()}")
+        yield served
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -151,11 +151,7 @@ async def require_lock_two(conn: psycopg.AsyncConnection[Any], tables: Iterable[
             await conn.execute("SELECT 1", prepare=False)
             await conn.execute("SELECT 2", prepare=False)
     except psycopg.Error as exc:
-        raise LockRefused(
-            "the database connection cannot hold a transaction open: a pooler in statement mode "
-            f"(pgbouncer's pool_mode = statement; it said: {_first_line(exc)}). rowscope needs "
-            "session or transaction pooling, or a direct connection"
-        ) from None
+        raise statement_mode_refused(exc) from None
     facts = await inspect(conn)
     require_tool_role(facts)
     names = sorted(set(tables))
@@ -190,6 +186,25 @@ async def require_lock_two(conn: psycopg.AsyncConnection[Any], tables: Iterable[
             conn.info.backend_pid,
         )
     return facts
+
+
+def statement_mode_refused(exc: BaseException) -> LockRefused:
+    """The refusal for a connection that cannot hold a transaction open (``exc`` is what it said)."""
+    return LockRefused(
+        "the database connection cannot hold a transaction open: a pooler in statement mode "
+        f"(pgbouncer's pool_mode = statement; it said: {_first_line(exc)}). rowscope needs "
+        "session or transaction pooling, or a direct connection"
+    )
+
+
+def said_statement_mode(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) is pgbouncer refusing a transaction block."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, psycopg.Error) and "statement pooling mode" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _first_line(exc: BaseException) -> str:

@@ -12,7 +12,7 @@ import psycopg
 
 from rowscope.db import migrate
 from rowscope.db.engine import Database, DatabaseUrl
-from rowscope.db.guard import TOOL_ROLE, LockRefused
+from rowscope.db.guard import TOOL_ROLE, LockRefused, said_statement_mode, statement_mode_refused
 from rowscope.server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,9 @@ def require_current_schema(url: str) -> None:
     try:
         behind = migrate.pending(DatabaseUrl.parse(url).sqlalchemy)
     except Exception as exc:
-        raise DatabaseSetupError(f"cannot reach the database: {type(exc).__name__}") from exc
+        if said_statement_mode(exc):  # the schema check is the first transaction a pooler sees
+            raise DatabaseSetupError(f"refusing to serve: {statement_mode_refused(_origin(exc))}") from None
+        raise DatabaseSetupError(f"cannot reach the database: {_reason(_origin(exc))}") from None
     if behind:
         raise DatabaseSetupError("the database schema is not up to date: run `rowscope migrate` first")
 
@@ -87,6 +89,12 @@ def require_lock_two(settings: Settings, url: str) -> None:
             "role logs in; give it a password with ROWSCOPE_TOOL_DATABASE_URL (and `rowscope migrate`) "
             "where the server asks for one"
         ) from None
+
+
+def _origin(exc: BaseException) -> BaseException:
+    """The driver's own error under SQLAlchemy's wrapper (whose text adds the SQL and a link)."""
+    orig = getattr(exc, "orig", None)
+    return orig if isinstance(orig, BaseException) else exc
 
 
 def _reason(exc: BaseException) -> str:
