@@ -37,7 +37,7 @@ from rowscope.server.database import (
     resolve_database,
 )
 from rowscope.server.settings import Settings
-from rowscope.server.workers import listening_socket, run_workers
+from rowscope.server.workers import GRACEFUL_SHUTDOWN, listening_socket, run_workers
 
 log = logging.getLogger("rowscope")
 
@@ -180,8 +180,21 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     app = build_http_app(build_runtime(settings, url))
     sock = listening_socket(settings.host, settings.port, reuse_port=args.worker)
     log.info("serving MCP at %s", settings.resource_url)
-    config = uvicorn.Config(app, log_level=args.log_level.lower(), access_log=False)
-    uvicorn.Server(config).run(sockets=[sock])
+    config = uvicorn.Config(
+        app,
+        log_level=args.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,  # uvicorn's default waits for requests forever
+    )
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    # A requested stop: uvicorn shuts down gracefully on SIGTERM or SIGINT (requests in flight
+    # finish first), then raises the signal again, which ends here. That is a clean stop: exit 0.
+    except KeyboardInterrupt:
+        pass
+    except SystemExit as exc:  # SIGTERM, by _exit_on_sigterm; any other exit (a failed start) stays
+        if exc.code != 128 + signal.SIGTERM:
+            raise
     return 0
 
 
