@@ -39,36 +39,8 @@ def child_env(**extra: str) -> dict[str, str]:
 def serve(database_url: str, log_dir: Path, *, args: Sequence[str] = (), **env: str) -> Iterator[str]:
     """``rowscope serve`` on a free loopback port, yielding its base URL once GET /health answers;
     ``args``: more of serve's options (``--workers 2``)."""
-    port = free_port()
-    log_path = log_dir / f"serve-{port}.log"
-    url = f"http://127.0.0.1:{port}"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [ROWSCOPE, "serve", "--port", str(port), *args],
-            env=child_env(DATABASE_URL=database_url, **env),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        with httpx2.Client(timeout=2) as http:
-            while True:
-                try:
-                    if http.get(f"{url}/health").status_code == 200:
-                        break
-                except httpx2.TransportError:
-                    pass
-                assert time.monotonic() < deadline, f"rowscope serve did not come up:\n{log_path.read_text()}"
-                try:  # paces the poll, and notices a server that died
-                    code = proc.wait(timeout=0.1)
-                except subprocess.TimeoutExpired:
-                    continue
-                pytest.fail(f"rowscope serve exited with {code}:\n{log_path.read_text()}")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+    with serving(database_url, log_dir, *args, **env) as served:
+        yield served.url
 
 
 @dataclass(frozen=True)

@@ -18,20 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx2
 import psutil
 import pytest
 import sqlalchemy as sa
 
-from rowscope.db import migrate
 from rowscope.server import demo
-from rowscope.server.app import build_runtime
-from rowscope.server.settings import Settings
 from rowscope.server.workers import CRASH_LOOP, EARLY_DEATH
 from rowscope.tools.errors import UNAVAILABLE
+from tests.cluster import Cluster, demo_cluster
 from tests.servers import ROWSCOPE, child_env, serving
-from tests.test_outage import Cluster
 
 pytestmark = pytest.mark.slow
 
@@ -389,15 +385,9 @@ def test_sigterm_or_sigint_lets_a_write_in_flight_finish_whole_and_exits_0(
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    """A private embedded PostgreSQL with the demo, which the test may kill (as in test_outage)."""
-    cluster = Cluster(tmp_path / "cluster")
-    migrate.upgrade(cluster.url)
-    settings = Settings(database_url=cluster.url, openai_api_key=None)
-    anyio.run(demo.load_demo, build_runtime(settings, cluster.url))
-    yield cluster
-    with contextlib.suppress(subprocess.CalledProcessError):
-        cluster.stop()
-    cluster.embedded.stop()
+    """A private embedded PostgreSQL with the demo, which the test may kill."""
+    with demo_cluster(tmp_path / "cluster") as cluster:
+        yield cluster
 
 
 def postmaster(cluster: Cluster) -> psutil.Process:
