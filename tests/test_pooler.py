@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import anyio
 import httpx2
 import pytest
 import sqlalchemy as sa
@@ -568,16 +569,12 @@ async def test_supabase_pooler_url_form(
         owner_url = bouncer.url(user=owner).replace("@", ":owner%20secret@", 1)
         tool_url = bouncer.url(user=tool).replace("@", f":{quote(tool_password, safe='')}@", 1)
         env = {"ROWSCOPE_TOOL_DATABASE_URL": tool_url}
-        migrated = subprocess.run(
-            [ROWSCOPE, "migrate"],
-            env=child_env(DATABASE_URL=owner_url, **env),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert migrated.returncode == 0, migrated.stderr
-        assert f"{TOOL_USER} has the password" in migrated.stdout, migrated.stdout
+        with anyio.fail_after(120):
+            migrated = await anyio.run_process(
+                [ROWSCOPE, "migrate"], env=child_env(DATABASE_URL=owner_url, **env), check=False
+            )
+        assert migrated.returncode == 0, migrated.stderr.decode()
+        assert f"{TOOL_USER} has the password" in migrated.stdout.decode(), migrated.stdout
         with serve(owner_url, tmp_path, **env) as base_url:
             tally = await run_load(base_url, keys, truth, "supabase url form", max_calls=300)
             pools = bouncer.pools()
