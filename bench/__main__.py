@@ -23,7 +23,17 @@ from pathlib import Path
 
 from bench.common import RESULTS, machine, markdown, table
 
-BENCHMARKS = ["toolcall", "inprocess", "retrieval", "ingestion", "oauth", "footprint", "embedded_start"]
+BENCHMARKS = [
+    "toolcall",
+    "inprocess",
+    "retrieval",
+    "ingestion",
+    "oauth",
+    "footprint",
+    "embedded_start",
+    "fairness",
+    "embed_memory",
+]
 TIMEOUT = {"smoke": 180, "full": 3600, "million": 6 * 3600}
 
 

@@ -78,7 +78,7 @@ class ReadyVectors:
     def __init__(self, seed: int = 3) -> None:
         self.rng = np.random.default_rng(seed)
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+    async def embed(self, texts: Sequence[str], *, user: uuid.UUID | None = None) -> list[list[float]]:
         v = self.rng.standard_normal((len(texts), DIM)).astype(np.float32)
         v /= np.linalg.norm(v, axis=1, keepdims=True)
         return v.tolist()  # type: ignore[no-any-return]

@@ -32,6 +32,8 @@ EXPECTED = {
     "oauth": ["verify_token p50 (same token, warm)", "POST /token (authorization_code), 1 client(s)"],
     "footprint": ["serve -> first tools/call answered (median)", "rowscope RSS at rest"],
     "embedded_start": ["cold start (initdb if cold) + migrate"],
+    "fairness": ["this tree: search p50 alone", "this tree: search p50, 3 users adding"],
+    "embed_memory": ["this tree: RSS after one 64-chunk add", "this tree: chunks/s (median over adds)"],
 }
 
 

@@ -325,3 +325,44 @@ async def test_the_consent_page_cannot_be_framed_by_another_site(
     assert "Allow Framing App" not in await consent_frame.content()
     assert await consent_frame.query_selector("button[value=approve]") is None
     assert client_app.callbacks == []
+
+
+async def test_the_connections_page_shows_an_assistant_in_plain_words_and_sign_out_ends_the_session(
+    browser: Browser, base_url: str, client_app: Loopback
+) -> None:
+    """Our choice: /connections names each assistant, what it may do in the consent page's words and
+    when it was last used; its "Sign out" button (a POST with a CSRF token) ends the session."""
+    auth = await start_authorization(base_url, client_app.redirect_uri, "Plain Words App")
+    page = await new_page(browser)
+    await sign_in(page, base_url, auth.url)
+    await page.click("button[name=action][value=approve]")
+    await page.wait_for_url(f"{client_app.redirect_uri}?*")
+    [callback] = client_app.callbacks
+
+    await page.goto(f"{base_url}/connections")
+    assert await page.inner_text("h1") == "Assistants connected to your data"
+    card = page.locator(".connection", has=page.locator("h2", has_text="Plain Words App"))
+    assert await card.locator("li").all_inner_texts() == [DESCRIPTIONS[s] for s in SCOPE.split()]
+    assert "Not used yet" in await card.inner_text()
+    async with httpx2.AsyncClient(timeout=10) as http:
+        exchanged = await http.post(
+            f"{base_url}/token",
+            data={
+                "grant_type": "authorization_code",
+                "code": callback["code"],
+                "redirect_uri": auth.redirect_uri,
+                "client_id": auth.client_id,
+                "code_verifier": auth.verifier,
+            },
+        )
+    assert exchanged.status_code == 200, exchanged.text
+    await page.reload()
+    assert "Last used in the last few minutes" in await card.inner_text()
+
+    await page.click("button[name=action][value=signout]")
+    await page.wait_for_url(f"{base_url}/signin?*")
+    assert await page.inner_text("h1") == "Sign in to rowscope"
+    assert await page.inner_text("[role=status]") == "You are signed out."
+    assert "rowscope_session" not in {c["name"] for c in await page.context.cookies()}
+    await page.goto(f"{base_url}/connections")
+    assert page.url.startswith(f"{base_url}/signin?")

@@ -26,6 +26,7 @@ from cryptography.x509.oid import NameOID
 from rowscope.auth.cimd import (
     ClientDocumentError,
     ClientDocumentFetcher,
+    FetchesExhausted,
     Resolver,
     is_client_document_url,
     is_public_address,
@@ -293,6 +294,53 @@ async def test_failures_are_remembered_briefly(pki: Pki, server: ScriptedServer)
     clock.now += 11
     server.replies[DOC_PATH] = Reply(body=document(url))
     assert (await f.get(url)).client_id == url and len(server.requests) == 2
+
+
+async def test_a_fetch_over_the_concurrency_cap_fails_at_once_and_is_not_remembered(
+    pki: Pki, server: ScriptedServer
+) -> None:
+    """Our choice (issue 12, fan-out): at most max_concurrent fetches run at once; another new URL
+    fails at once with temporarily_unavailable and Retry-After, and is fetched normally later."""
+    slow = [server.url(path=f"/slow{i}") for i in range(2)]
+    for i, url in enumerate(slow):
+        server.replies[f"/slow{i}"] = Reply(body=document(url), delay=10)
+    other = server.url(path="/other")
+    server.replies["/other"] = Reply(body=document(other))
+    f = fetcher(pki, max_concurrent=2)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for url in slow:
+                tg.start_soon(f.get, url)
+            await anyio.wait_all_tasks_blocked()
+            with pytest.raises(FetchesExhausted) as info:
+                await f.get(other)
+            server.release.set()
+        assert (info.value.error, info.value.retry_after) == ("temporarily_unavailable", 5)
+        assert "/other" not in [path for path, _ in server.requests]
+        assert (await f.get(other)).client_id == other
+
+
+async def test_fetches_over_the_rate_cap_fail_until_the_oldest_is_a_minute_old(
+    pki: Pki, server: ScriptedServer
+) -> None:
+    """Our choice (issue 12, fan-out): at most per_minute fetches start in any sliding minute;
+    cached documents are answered whatever the count."""
+    urls = [server.url(path=f"/r{i}") for i in range(3)]
+    for i, url in enumerate(urls):
+        server.replies[f"/r{i}"] = Reply(body=document(url))
+    clock = Clock()
+    f = fetcher(pki, clock=clock, per_minute=2)
+    with anyio.fail_after(5):
+        await f.get(urls[0])
+        clock.now += 30
+        await f.get(urls[1])
+        with pytest.raises(FetchesExhausted) as info:
+            await f.get(urls[2])
+        assert info.value.retry_after == 30
+        assert (await f.get(urls[0])).client_id == urls[0]  # cached
+        clock.now += 30
+        assert (await f.get(urls[2])).client_id == urls[2]
+    assert [path for path, _ in server.requests] == ["/r0", "/r1", "/r2"]
 
 
 async def test_http_client_id_is_refused_without_a_request(pki: Pki, server: ScriptedServer) -> None:

@@ -29,7 +29,9 @@ from mcp.client.streamable_http import streamable_http_client
 
 from rowscope.auth.verifier import RowscopeVerifier
 from rowscope.db import migrate
+from rowscope.db.accounts import ACCOUNT_TABLES
 from rowscope.db.engine import Database, DatabaseUrl
+from rowscope.db.models import Base
 from tests.conftest import structured
 from tests.servers import ROWSCOPE, child_env, free_port
 
@@ -211,6 +213,123 @@ async def test_keys_revoke_makes_the_verifier_reject_the_key(migrated_url: str) 
         await database.dispose()
     again = await anyio.run_process([ROWSCOPE, "keys", "revoke", key_id], env=env, check=False)
     assert again.returncode != 0  # revoking twice is an operator error, not a silent success
+
+
+def test_users_list_says_how_each_user_signs_in_and_what_they_hold(migrated_url: str) -> None:
+    """Our choice: `users list` shows every user with their sign-in, live keys, connections and
+    sessions (never a password or key)."""
+    env = child_env(DATABASE_URL=migrated_url)
+    with_password = subprocess.run(
+        [ROWSCOPE, "users", "add", "gina@example.com", "--password-stdin"],
+        env=env,
+        input="a long enough password\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert with_password.returncode == 0, with_password.stderr
+    assert rowscope("users", "add", "hal@example.com", env=env).returncode == 0
+    assert rowscope("keys", "create", "--user", "hal@example.com", env=env).returncode == 0
+    listing = rowscope("users", "list", env=env)
+    assert listing.returncode == 0, listing.stderr
+    gina, hal = listing.stdout.splitlines()
+    assert re.fullmatch(
+        r"gina@example\.com  [0-9a-f-]{36}  sign-in password  keys 0  connections 0  sessions 0", gina
+    )
+    assert re.fullmatch(
+        r"hal@example\.com  [0-9a-f-]{36}  sign-in none  keys 1  connections 0  sessions 0", hal
+    )
+
+
+def test_users_remove_deletes_rowscope_s_account_data_and_keeps_the_profile_and_the_app_s_rows(
+    migrated_url: str,
+) -> None:
+    """Our choice: rowscope removes only its own account data (password, keys, tokens, sessions,
+    consents), never the user's profile or the application's rows; removing twice is not an error."""
+    env = child_env(DATABASE_URL=migrated_url)
+    added = subprocess.run(
+        [ROWSCOPE, "users", "add", "ivy@example.com", "--password-stdin"],
+        env=env,
+        input="a long enough password\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    user = added.stdout.split()[-1]
+    assert rowscope("keys", "create", "--user", "ivy@example.com", env=env).returncode == 0
+    with psycopg.connect(libpq(migrated_url), autocommit=True) as conn:
+        conn.execute("INSERT INTO sparks (user_id, name) VALUES (%s, 'ivy''s spark')", (user,))
+        conn.execute(
+            "INSERT INTO portfolio_items (user_id, kind, title) VALUES (%s, 'link', 'kept')", (user,)
+        )
+    removed = rowscope("users", "remove", "IVY@example.com", env=env)
+    assert removed.returncode == 0, removed.stderr
+    assert removed.stdout == "removed ivy@example.com's rowscope account data: password 1, API keys 1\n"
+    again = rowscope("users", "remove", "ivy@example.com", env=env)
+    assert (again.returncode, again.stdout) == (
+        0,
+        "removed ivy@example.com's rowscope account data: nothing\n",
+    )
+    with psycopg.connect(libpq(migrated_url)) as conn:
+        kept = conn.execute(
+            "SELECT (SELECT count(*) FROM user_profiles WHERE id = %(u)s), (SELECT count(*) FROM sparks"
+            " WHERE user_id = %(u)s), (SELECT count(*) FROM portfolio_items WHERE user_id = %(u)s),"
+            " (SELECT count(*) FROM user_credentials), (SELECT count(*) FROM api_keys)",
+            {"u": user},
+        ).fetchone()
+    assert kept == (1, 1, 1, 0, 0)
+    (line,) = rowscope("users", "list", env=env).stdout.splitlines()
+    assert line.endswith("sign-in none  keys 0  connections 0  sessions 0")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(["users", "passwd", "nobody@example.com"], id="users-passwd"),
+        pytest.param(["users", "remove", "nobody@example.com"], id="users-remove"),
+        pytest.param(["tokens", "revoke", "--user", "nobody@example.com"], id="tokens-revoke"),
+        pytest.param(["keys", "create", "--user", "nobody@example.com"], id="keys-create"),
+        pytest.param(["users", "remove", "not an email"], id="not-an-email"),
+    ],
+)
+def test_a_command_naming_an_unknown_user_says_so_in_one_line_and_exits_2(
+    migrated_url: str, command: list[str]
+) -> None:
+    """Our choice: an operator's mistake is a line saying what is wrong and exit code 2, as for every
+    other command, never a traceback."""
+    done = subprocess.run(
+        [ROWSCOPE, *command],
+        env=child_env(DATABASE_URL=migrated_url),
+        input="a long enough password\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert "Traceback" not in done.stderr
+    # The last line of stderr (the schema check logs alembic's INFO lines before it).
+    assert re.fullmatch(
+        r"rowscope: (no user nobody@example\.com.*|'not an email' is not an email address)",
+        done.stderr.splitlines()[-1],
+    )
+
+
+def test_users_remove_covers_every_table_of_rowscope_s_that_refers_to_a_user() -> None:
+    """Our choice: a new rowscope table holding a user's data must be added to what `users remove`
+    deletes; every other table referring to a user is the application's, which it never touches."""
+    refer = {
+        table.name
+        for table in Base.metadata.tables.values()
+        if any(fk.column.table.name == "user_profiles" for fk in table.foreign_keys)
+    }
+    application = {"teams", "team_members", "sparks", "spark_members", "portfolio_items", "chat_sessions"}
+    # rowscope's ledger of the chunks a user added (tools/quota.py): it stays with those chunks,
+    # which are the application's rows and stay too, or a re-created account's total would be off.
+    kept_with_app_rows = {"training_additions"}
+    rowscope_own = {str(model.__tablename__) for model in ACCOUNT_TABLES.values()}
+    assert refer - application - kept_with_app_rows == rowscope_own
+    assert not rowscope_own & (application | kept_with_app_rows)
 
 
 def test_with_no_database_url_the_cli_starts_and_migrates_the_embedded_postgres(tmp_path: Path) -> None:

@@ -4,11 +4,13 @@ signed-in user, refresh, and revocation."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from typing import Any
 
 import httpx2
 import pytest
+import sqlalchemy as sa
 from mcp.client import Client
 from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
@@ -71,3 +73,30 @@ async def test_the_sdk_oauth_client_signs_in_and_calls_tools_as_the_user(base_ur
     assert "Bob's Private Journal" in {s["name"] for s in sparks["sparks"]}
     assert storage.tokens is not None and storage.tokens.scope == "rowscope:read rowscope:write"
     assert any("Allow SDK test client" in page for page in browser.pages)
+
+
+async def test_a_client_on_localhost_completes_the_flow_though_the_public_url_names_127_0_0_1(
+    base_url: str, admin: sa.Engine
+) -> None:
+    """Spec-required: RFC 9728 §3.3 (the client refuses metadata whose resource is not the URL it
+    used) and RFC 8707 (the token is bound to that resource). The server's public URL is
+    http://127.0.0.1:PORT, localhost:PORT is among its allowed hosts, and the SDK's client uses
+    http://localhost:PORT/mcp: discovery, DCR, consent, token and a tool call all succeed."""
+    local = base_url.replace("127.0.0.1", "localhost")
+    browser, storage = Browser(base_url, email="bob@example.com"), MemoryStorage()  # pages: the issuer's
+    try:
+        async with (
+            httpx2.AsyncClient(auth=provider(local, browser, storage), timeout=30) as http,
+            Client(streamable_http_client(f"{local}/mcp", http_client=http)) as client,
+        ):
+            me = structured(await client.call_tool("query_records", {"model": "UserProfile"}))
+    finally:
+        await browser.aclose()
+    assert [row["email"] for row in me["rows"]] == ["bob@example.com"]
+    assert storage.tokens is not None
+    digest = hashlib.sha256(storage.tokens.access_token.encode()).hexdigest()
+    with admin.connect() as conn:
+        resource = conn.execute(
+            sa.text("SELECT resource FROM oauth_tokens WHERE access_hash = :h"), {"h": digest}
+        ).scalar_one()
+    assert resource == f"{local}/mcp"

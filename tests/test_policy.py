@@ -384,3 +384,71 @@ def test_a_compiled_scope_binds_the_user_id_as_a_parameter(metadata: sa.MetaData
     )
     assert str(user) not in str(clause)
     assert user in clause.params.values()
+
+
+@pytest.mark.parametrize(("body", "mentions"), INVALID_ON_LOAD)
+def test_every_invalid_policy_is_one_line(tmp_path: Path, body: str, mentions: str) -> None:
+    """Issue 12: an operator reads one line, not pydantic's error per member of the rule union."""
+    path = write(tmp_path, body)
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path)
+    assert "\n" not in str(caught.value)
+
+
+MISTYPED = [
+    pytest.param(
+        'scope = { ownr = "user_id" }',
+        "models.Item.scope: unknown rule 'ownr'; rules: owner, flag, member, parent, access, any, all",
+        id="rule",
+    ),
+    pytest.param(
+        'scope = { any = [{ owner = "user_id" }, { membr = { table = "t", key = "k" } }] }',
+        "models.Item.scope.any[1]: unknown rule 'membr'; rules: owner, flag, member",
+        id="rule-in-any",
+    ),
+    pytest.param(
+        'scope = { member = { tabel = "spark_members", key = "spark_id" } }',
+        "models.Item.scope.member: unknown key 'tabel'; allowed: table, key, on, user, where",
+        id="member-key",
+    ),
+    pytest.param(
+        'scope = { owner = "user_id", flag = "is_watched" }',
+        "models.Item.scope: a rule has exactly one key, not 2 ('owner', 'flag')",
+        id="two-rules-in-one",
+    ),
+    pytest.param(
+        'scope = "user_id"',
+        "models.Item.scope: a rule is a table such as { owner = \"user_id\" }, not 'user_id'",
+        id="rule-not-a-table",
+    ),
+    pytest.param(
+        'scope = { owner = "user_id" }\nprimary_kye = "id"',
+        "models.Item: unknown key 'primary_kye'; allowed: table, columns, primary_key, scope, description",
+        id="model-key",
+    ),
+]
+
+
+@pytest.mark.parametrize(("scope", "says"), MISTYPED)
+def test_a_mistyped_policy_names_the_key_and_what_is_allowed_there(
+    tmp_path: Path, scope: str, says: str
+) -> None:
+    """Issue 12: the most specific error, with the allowed keys or rules (a rule typo was 52 errors
+    that named none of them)."""
+    path = write(
+        tmp_path, f'version = 1\n[models.Item]\ntable = "portfolio_items"\ncolumns = ["id"]\n{scope}\n'
+    )
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path)
+    assert str(caught.value).startswith(f"the policy file {path}: {says}")
+
+
+def test_a_mistyped_knowledge_key_lists_the_knowledge_keys(tmp_path: Path) -> None:
+    """Issue 12: a typo in [knowledge] is one line listing the keys [knowledge] takes."""
+    spark = (Path(__file__).resolve().parents[1] / "rowscope/policies/spark.toml").read_text()
+    path = write(tmp_path, spark.replace("parent_column =", "parent_colum ="))
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path)
+    message = str(caught.value)
+    assert message.startswith(f"the policy file {path}: knowledge: unknown key 'parent_colum'; allowed: ")
+    assert "parent_column" in message and "\n" not in message

@@ -147,18 +147,37 @@ def test_one_address_is_limited_across_different_emails(url: str) -> None:
     assert post(url, BOB, DEMO_PASSWORD, local_address="127.0.0.2").status_code == 303
 
 
-def test_behind_a_trusted_proxy_the_forwarded_address_is_the_key(url: str, admin: sa.Engine) -> None:
-    """uvicorn's proxy headers (FORWARDED_ALLOW_IPS, loopback by default), as the README tells a
-    deployment behind a proxy to configure: the client's address, not the proxy's, is counted."""
-    forwarded = {"X-Forwarded-For": "203.0.113.9"}
-    with httpx2.Client(timeout=15, headers=forwarded) as http:
+def address_keys(admin: sa.Engine) -> list[str]:
+    with admin.connect() as conn:
+        return list(conn.execute(sa.text("SELECT key FROM signin_failures WHERE kind = 'address'")).scalars())
+
+
+def fail_forwarded(url: str, forwarded_for: str) -> None:
+    with httpx2.Client(timeout=15, headers={"X-Forwarded-For": forwarded_for}) as http:
         form = hidden_fields(http.get(f"{url}/signin").text)
         form.pop("__action__")
         response = http.post(f"{url}/signin", data=form | {"email": NOBODY, "password": WRONG})
     assert response.status_code == 401
-    with admin.connect() as conn:
-        keys = conn.execute(sa.text("SELECT key FROM signin_failures WHERE kind = 'address'")).scalars()
-        assert list(keys) == ["203.0.113.9"]
+
+
+def test_behind_a_trusted_proxy_the_forwarded_address_is_the_key(
+    database_url: str, admin: sa.Engine, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Our choice (issue 12): X-Forwarded-For counts only from ROWSCOPE_TRUSTED_PROXIES (here the
+    loopback network the test connects from): the client's address, not the proxy's, is counted;
+    the proxy's own hop and anything it was sent before are not."""
+    with serve(
+        database_url, tmp_path_factory.mktemp("trusted-proxy"), ROWSCOPE_TRUSTED_PROXIES='["127.0.0.0/8"]'
+    ) as url:
+        fail_forwarded(url, "198.51.100.7, 203.0.113.9, 127.0.0.5")
+    assert address_keys(admin) == ["203.0.113.9"]
+
+
+def test_x_forwarded_for_from_a_peer_not_named_a_proxy_is_ignored(url: str, admin: sa.Engine) -> None:
+    """Our choice (issue 12): with no trusted proxies (the default) anyone could write the header,
+    so the peer's own address is the key, and a client cannot escape its limit by inventing one."""
+    fail_forwarded(url, "203.0.113.9")
+    assert address_keys(admin) == ["127.0.0.1"]
 
 
 def test_concurrent_attempts_cannot_overshoot_the_limit(url: str) -> None:

@@ -19,6 +19,7 @@ from rowscope.auth.verifier import RowscopeVerifier
 from rowscope.db import accounts, migrate
 from rowscope.db.engine import Database, DatabaseUrl
 from rowscope.server import demo
+from tests.conftest import table_schema
 
 pytestmark = pytest.mark.anyio
 RESOURCE = "http://127.0.0.1:1/mcp"
@@ -104,6 +105,7 @@ async def test_without_its_listener_the_cache_is_bypassed(database: Database) ->
 # a verification reads sends its table's name, even when the value is set to what it was.
 BOOKKEEPING = [
     "UPDATE oauth_tokens SET rotated_at = now() WHERE access_hash = :h",
+    "UPDATE oauth_tokens SET last_used_at = now() WHERE access_hash = :h",
     "UPDATE oauth_clients SET last_used_at = now() WHERE client_id = :c",
     "UPDATE oauth_clients SET client_name = 'renamed', client_metadata = '{}' WHERE client_id = :c",
     "UPDATE api_keys SET last_used_at = now() WHERE key_hash = :k",
@@ -226,3 +228,78 @@ async def test_a_key_s_use_is_recorded_at_most_once_a_minute(
     assert used(key) > first
     assert await verifier.verify_token(revoked) is None
     assert used(revoked) is None, "a refused key is not recorded as used"
+
+
+async def test_a_token_s_use_is_recorded_at_most_once_every_five_minutes(
+    database: Database, admin: sa.Engine
+) -> None:
+    """Our choice (migration 0013): the connections page says when a connection was last used; the
+    verification writes it, but at most once every five minutes per token (a new token counts as
+    used when issued), so a token in steady use is not a write per request, nor per minute."""
+    verifier = RowscopeVerifier(database, RESOURCE)  # no cache: every call verifies in the database
+    token, revoked = await new_token(database), await new_token(database)
+
+    def row(t: str) -> Any:
+        with admin.connect() as conn:
+            return conn.execute(
+                sa.text(
+                    "SELECT last_used_at, xmin::text AS version FROM oauth_tokens WHERE access_hash = :h"
+                ),
+                {"h": store.digest(t)},
+            ).one()
+
+    def age(t: str, column: str, minutes: int) -> None:
+        with admin.begin() as conn:
+            conn.execute(
+                sa.text(
+                    f"UPDATE oauth_tokens SET {column} = now() - make_interval(mins => :m)"
+                    " WHERE access_hash = :h"
+                ),
+                {"m": minutes, "h": store.digest(t)},
+            )
+
+    fresh = row(token)
+    assert await verifier.verify_token(token) is not None
+    assert row(token) == fresh, "a token issued under five minutes ago counts as used: no write"
+    age(token, "created_at", 6)
+    before = row(token)
+    assert await verifier.verify_token(token) is not None
+    first = row(token)
+    assert first.last_used_at is not None and first.version != before.version
+    assert await verifier.verify_token(token) is not None
+    assert row(token) == first, "a second use within five minutes writes nothing (the row is unchanged)"
+    age(token, "last_used_at", 4)
+    aged = row(token)
+    assert await verifier.verify_token(token) is not None
+    assert row(token) == aged, "still within five minutes"
+    age(token, "last_used_at", 6)
+    assert await verifier.verify_token(token) is not None
+    assert row(token).last_used_at > aged.last_used_at
+    with admin.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE oauth_tokens SET revoked_at = now(), created_at = now() - interval '1 hour' "
+                "WHERE access_hash = :h"
+            ),
+            {"h": store.digest(revoked)},
+        )
+    assert await verifier.verify_token(revoked) is None
+    assert row(revoked).last_used_at is None, "a refused token is not recorded as used"
+
+
+def test_migration_0013_downgrades_and_upgrades_again(pg_admin: Any) -> None:
+    """Our choice (STYLE.md 7): a real downgrade; the column goes and comes back, nothing else moves."""
+    url = pg_admin(f"rowscope_last_used_{uuid.uuid4().hex[:8]}")
+    config = migrate.alembic_config(url)
+    engine = sa.create_engine(url)
+    try:
+        command.upgrade(config, "head")
+        head = table_schema(engine, "oauth_tokens")
+        assert "last_used_at" in head[0]
+        command.downgrade(config, "0012")
+        down = table_schema(engine, "oauth_tokens")
+        assert down == (head[0] - {"last_used_at"}, head[1])
+        command.upgrade(config, "head")
+        assert table_schema(engine, "oauth_tokens") == head
+    finally:
+        engine.dispose()

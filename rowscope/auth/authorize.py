@@ -1,4 +1,5 @@
-"""The authorization endpoint (OAuth 2.1 §4.1.1) with sign-in, consent and connections pages.
+"""The authorization endpoint (OAuth 2.1 §4.1.1) with sign-in, sign-out, consent and connections
+pages.
 
 Validation happens in two stages, as RFC 6749 §4.1.2.1 requires:
 
@@ -6,12 +7,16 @@ Validation happens in two stages, as RFC 6749 §4.1.2.1 requires:
    the redirect URI; the browser gets an error page.
 2. Everything else — ``response_type=code``; PKCE with ``code_challenge_method=S256`` only (a
    missing challenge or ``plain`` is refused, OAuth 2.1 §4.1.1); ``resource`` naming exactly this
-   server (RFC 8707 §2, else ``invalid_target``); known scopes (a default when none is asked) —
+   server's MCP endpoint, on its public host or another host it accepts (RFC 8707 §2, else
+   ``invalid_target``); known scopes (a default when none is asked) —
    fails by redirecting with ``error``, ``state`` and ``iss`` (RFC 9207 §2).
 
 A signed-in user who already approved every requested scope for the client gets a code at once;
 otherwise the consent page asks. Its POST carries a CSRF token bound to the session and to the
-client, and every parameter is validated again. Codes live ``code_ttl`` seconds.
+client, and every parameter is validated again. Codes live ``code_ttl`` seconds. The consent page
+names the host of a metadata-document client's ``client_id`` (what the name was fetched from), and
+says in plain words that a dynamically registered client is unverified: its name is whatever it
+called itself. Form posts are read up to ``MAX_FORM`` bytes (413 past it).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from rowscope.auth import pages, passwords, scopes, sessions, store, throttle
-from rowscope.auth.clients import find_client
+from rowscope.auth.clients import find_client, redirect_uri_matches
 from rowscope.auth.context import AuthContext
 from rowscope.auth.errors import (
     AccessDenied,
@@ -37,9 +42,11 @@ from rowscope.auth.errors import (
     InvalidScope,
     InvalidTarget,
     OAuthError,
+    TemporarilyUnavailable,
     UnauthorizedClient,
     UnsupportedResponseType,
 )
+from rowscope.server.bodies import request_form
 
 PARAMS = (
     "response_type",
@@ -53,6 +60,7 @@ PARAMS = (
 )
 VERIFIER_CHARS = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
 MAX_STATE = 2048
+MAX_FORM = 16 * 1024  # the consent form carries the request's parameters; each is bounded far below
 
 
 class PageError(Exception):
@@ -117,7 +125,7 @@ async def validate(
     redirect_uri = params.get("redirect_uri")
     if redirect_uri is None and len(client.redirect_uris) == 1:
         redirect_uri = client.redirect_uris[0]
-    if redirect_uri is None or redirect_uri not in client.redirect_uris:
+    if redirect_uri is None or not redirect_uri_matches(redirect_uri, client.redirect_uris):
         raise PageError("The redirect URI is not one this application registered.")
     state = params.get("state")
     try:
@@ -140,7 +148,7 @@ async def validate(
         resource = params.get("resource")
         if resource is None:
             raise InvalidTarget(f"resource is required and must be {auth.resource}")
-        if resource != auth.resource:
+        if not auth.is_resource(resource):
             raise InvalidTarget(f"this server issues tokens only for {auth.resource}")
         requested = params.get("scope")
         if requested is None or not requested.strip():
@@ -206,12 +214,21 @@ def safe_return_to(value: object) -> str:
 
 def routes(auth: AuthContext) -> list[Route]:
     async def authorize(request: Request) -> Response:
-        data = await request.form() if request.method == "POST" else request.query_params
+        data: ImmutableMultiDict[str, Any] = request.query_params
+        if request.method == "POST":
+            form = await request_form(request, MAX_FORM)
+            if form is None:
+                return pages.too_large(MAX_FORM)
+            data = form
         async with auth.database.service_transaction() as conn:
             try:
                 valid, redirect_uri, params, error = await validate(auth, conn, data)
             except PageError as exc:
                 return pages.error_page("Cannot authorize this application", str(exc))
+            except TemporarilyUnavailable as busy:
+                page = pages.error_page("Try again shortly", busy.description, busy.status)
+                page.headers.update(busy.headers())
+                return page
             assert redirect_uri is not None
             if error is not None or valid is None:
                 assert error is not None
@@ -225,10 +242,13 @@ def routes(auth: AuthContext) -> list[Route]:
                 csrf = sessions.csrf_token(user[2], f"consent:{valid.client.client_id}")
                 return pages.consent_page(
                     client_name=valid.client.client_name,
+                    client_id=valid.client.client_id,
+                    verified=valid.client.kind == "document",
                     redirect_uri=valid.redirect_uri,
                     scopes=valid.scopes,
                     email=user[1],
                     csrf=csrf,
+                    signout_csrf=sessions.csrf_token(user[2], "signout"),
                     params=valid.params(),
                 )
             # The consent decision.
@@ -252,11 +272,14 @@ def routes(auth: AuthContext) -> list[Route]:
             response: Response = pages.signin_page(
                 csrf=sessions.csrf_token(fresh, "signin"),
                 return_to=safe_return_to(request.query_params.get("return_to")),
+                notice="You are signed out." if request.query_params.get("signed_out") == "1" else None,
                 oidc_name=settings.oidc_name if settings.oidc_issuer else None,
             )
             sessions.set_cookie(response, settings, sessions.signin_cookie(settings), fresh, 1800)
             return response
-        form = await request.form()
+        form = await request_form(request, MAX_FORM)
+        if form is None:
+            return pages.too_large(MAX_FORM)
         return_to = safe_return_to(form.get("return_to"))
         secret = sessions.signin_secret(request, settings)
         if not sessions.csrf_ok(secret, "signin", form.get("csrf_token")):
@@ -281,16 +304,18 @@ def routes(auth: AuthContext) -> list[Route]:
             recorded = await throttle.attempt(
                 conn, settings, email, request.client.host if request.client else "unknown"
             )
-        if isinstance(recorded, throttle.Refused):
-            refused = again(recorded.message, 429)
-            refused.headers["Retry-After"] = str(recorded.retry_after)
-            return refused
+            if isinstance(recorded, throttle.Refused):
+                refused = again(recorded.message, 429)
+                refused.headers["Retry-After"] = str(recorded.retry_after)
+                return refused
+            credential = await passwords.find_credential(conn, email)
+        # In a worker thread and outside any transaction: no connection is held meanwhile.
+        user = None
+        if len(password) <= 1024:
+            user = await passwords.verify(credential, password, auth.hashing)
+        if user is None:
+            return again("The email or password is not right.")
         async with auth.database.service_transaction() as conn:
-            user = None
-            if len(password) <= 1024:
-                user = await passwords.check_password(conn, email, password)
-            if user is None:
-                return again("The email or password is not right.")
             await throttle.succeeded(conn, recorded)
             token = await store.create_session(conn, user, auth.session_ttl)
         response = RedirectResponse(return_to, status_code=303)
@@ -301,7 +326,7 @@ def routes(auth: AuthContext) -> list[Route]:
             token,
             int(auth.session_ttl.total_seconds()),
         )
-        response.delete_cookie(sessions.signin_cookie(settings), path="/")
+        sessions.delete_cookie(response, settings, sessions.signin_cookie(settings))
         return response
 
     async def connections(request: Request) -> Response:
@@ -310,7 +335,9 @@ def routes(auth: AuthContext) -> list[Route]:
             if user is None:
                 return to_signin("/connections")
             if request.method == "POST":
-                form = await request.form()
+                form = await request_form(request, MAX_FORM)
+                if form is None:
+                    return pages.too_large(MAX_FORM)
                 client_id = form.get("client_id")
                 if not sessions.csrf_ok(user[2], "connections", form.get("csrf_token")) or not isinstance(
                     client_id, str
@@ -323,12 +350,37 @@ def routes(auth: AuthContext) -> list[Route]:
             listed = await store.user_connections(conn, user[0])
         return pages.connections_page(
             email=user[1],
-            connections=[{k: str(v) for k, v in c.items()} for c in listed],
+            connections=listed,
             csrf=sessions.csrf_token(user[2], "connections"),
+            signout_csrf=sessions.csrf_token(user[2], "signout"),
+            now=store.now(),
         )
+
+    async def signout(request: Request) -> Response:
+        """End this browser's session (a POST with the CSRF token of its pages), then show the
+        sign-in page, which comes back to ``return_to`` (the consent page's "Not you?")."""
+        settings = auth.settings
+        if request.method != "POST":
+            return RedirectResponse("/connections", status_code=303)  # where the button is
+        form = await request_form(request, MAX_FORM)
+        if form is None:
+            return pages.too_large(MAX_FORM)
+        token = sessions.session_id(request, settings)
+        if token is not None:
+            if not sessions.csrf_ok(token, "signout", form.get("csrf_token")):
+                return pages.error_page(
+                    "Request expired", "This form is no longer valid; reload the page.", 403
+                )
+            async with auth.database.service_transaction() as conn:
+                await store.end_session(conn, token)
+        query = {"return_to": safe_return_to(form.get("return_to")), "signed_out": "1"}
+        response = RedirectResponse("/signin?" + urlencode(query), status_code=303)
+        sessions.delete_cookie(response, settings, sessions.session_cookie(settings))
+        return response
 
     return [
         Route("/authorize", authorize, methods=["GET", "POST"]),
         Route("/signin", signin, methods=["GET", "POST"]),
+        Route("/signout", signout, methods=["GET", "POST"]),
         Route("/connections", connections, methods=["GET", "POST"]),
     ]

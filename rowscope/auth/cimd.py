@@ -31,16 +31,24 @@ Caching (draft §4.4): per URL until ``expires_at``, from ``Cache-Control: max-a
 [60 s, 1 day], default 1 hour, ``no-store``/``no-cache`` give 60 s; LRU-bounded. Failures are
 remembered for ``FAILURE_TTL`` (10 s, our choice) so the server cannot be used to hammer a host.
 Concurrent ``get``s of one URL share one fetch. Error descriptions never include response content.
+
+Fan-out (our choice; MCP security best practices "SSRF"): every new ``client_id`` URL is an outbound
+fetch that anyone can trigger, so a fetcher runs at most ``max_concurrent`` fetches at once and
+starts at most ``per_minute`` in any sliding minute. A fetch over either limit is not started and
+fails at once with :class:`FetchesExhausted` (``temporarily_unavailable``, with the seconds to wait);
+it is not remembered as the URL's failure, since the URL did nothing wrong. Cached documents need
+no fetch and are answered whatever the load. The limits are per process.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import socket
 import ssl
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +74,14 @@ class ClientDocumentError(Exception):
         super().__init__(description)
         self.description = description
         self.error = error
+
+
+class FetchesExhausted(ClientDocumentError):
+    """No fetch may start now: the fetcher's concurrent or per-minute fetches are all taken."""
+
+    def __init__(self, description: str, retry_after: int) -> None:
+        super().__init__(description, error="temporarily_unavailable")
+        self.retry_after = max(1, retry_after)
 
 
 @dataclass(frozen=True)
@@ -263,6 +279,8 @@ class ClientDocumentFetcher:
         timeout: float = 5.0,
         max_bytes: int = 5 * 1024,
         cache_size: int = 1000,
+        max_concurrent: int = 8,
+        per_minute: int = 60,
         resolver: Resolver | None = None,
         ssl_context: ssl.SSLContext | None = None,
         clock: Callable[[], float] = time.time,
@@ -276,6 +294,10 @@ class ClientDocumentFetcher:
         self._clock = clock
         self._cache: OrderedDict[str, ClientDocument | _Failure] = OrderedDict()
         self._pending: dict[str, anyio.Event] = {}
+        self._max_concurrent = max_concurrent
+        self._per_minute = per_minute
+        self._active = 0  # fetches running now
+        self._starts: deque[float] = deque()  # when each fetch of the last minute started
 
     async def get(self, client_id: str) -> ClientDocument:
         if not is_client_document_url(client_id):
@@ -293,6 +315,7 @@ class ClientDocumentFetcher:
             # Another task is fetching this URL: wait, then read its outcome from the cache (or
             # fetch ourselves if it was cancelled before storing one).
             await pending.wait()
+        self._admit()
         done = self._pending[client_id] = anyio.Event()
         try:
             try:
@@ -303,8 +326,28 @@ class ClientDocumentFetcher:
             self._store(client_id, document)
             return document
         finally:
+            self._active -= 1
             del self._pending[client_id]
             done.set()
+
+    def _admit(self) -> None:
+        """Count a fetch about to start, or refuse it when over either limit."""
+        now = self._clock()
+        while self._starts and self._starts[0] <= now - 60:
+            self._starts.popleft()
+        if self._active >= self._max_concurrent:
+            raise FetchesExhausted(
+                f"rowscope is already fetching {self._active} client metadata documents; try again shortly",
+                math.ceil(self._timeout),
+            )
+        if len(self._starts) >= self._per_minute:
+            raise FetchesExhausted(
+                f"rowscope fetched {len(self._starts)} client metadata documents in the last minute; "
+                "try again shortly",
+                math.ceil(self._starts[0] + 60 - now),
+            )
+        self._starts.append(now)
+        self._active += 1
 
     async def aclose(self) -> None:
         """Forget cached documents. Connections are per fetch, so there is nothing else to close."""

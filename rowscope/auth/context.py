@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from rowscope.auth import store
+import anyio
+
 from rowscope.auth.cimd import ClientDocumentFetcher
 from rowscope.db.engine import Database
 from rowscope.server.settings import Settings
@@ -17,8 +17,13 @@ class AuthContext:
     settings: Settings
     database: Database
     fetcher: ClientDocumentFetcher
-    # When this process last deleted stale registered clients (time.monotonic()).
-    last_prune: float = float("-inf")
+    # The runtime's limiter of password verifications (auth/passwords.py).
+    hashing: anyio.CapacityLimiter
+    # Host header value -> the MCP endpoint's resource identifier on that host (Settings.host_resources).
+    host_resources: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.host_resources = self.settings.host_resources
 
     @property
     def issuer(self) -> str:
@@ -27,7 +32,19 @@ class AuthContext:
 
     @property
     def resource(self) -> str:
+        """The public resource identifier (RFC 8707), as reached on the public URL."""
         return self.settings.resource_url
+
+    def resource_on(self, host: str | None) -> str:
+        """The resource identifier of the MCP endpoint reached on ``host`` (a Host header value):
+        RFC 9728 §3.3 has a client refuse metadata whose ``resource`` differs from the URL it used,
+        so a client on http://localhost:8000/mcp is told that one. Hosts the server does not accept
+        get the public one."""
+        return self.host_resources.get((host or "").lower(), self.resource)
+
+    def is_resource(self, resource: str) -> bool:
+        """Whether ``resource`` identifies this server's MCP endpoint on any accepted host."""
+        return resource in self.host_resources.values()
 
     @property
     def code_ttl(self) -> dt.timedelta:
@@ -40,15 +57,6 @@ class AuthContext:
     @property
     def refresh_ttl(self) -> dt.timedelta:
         return dt.timedelta(seconds=self.settings.refresh_token_ttl)
-
-    async def prune_stale_clients(self, every: float = 3600.0) -> None:
-        """Delete stale registered clients, at most once per ``every`` seconds per process (Claude
-        registers a new client on every fresh connection, so they pile up)."""
-        if time.monotonic() - self.last_prune < every:
-            return
-        self.last_prune = time.monotonic()
-        async with self.database.service_transaction() as conn:
-            await store.delete_stale_clients(conn, dt.timedelta(days=self.settings.stale_client_days))
 
     @property
     def session_ttl(self) -> dt.timedelta:

@@ -25,6 +25,10 @@ class OAuthError(Exception):
     def body(self) -> dict[str, str]:
         return {"error": self.error, "error_description": self.description}
 
+    def headers(self) -> dict[str, str]:
+        """Headers this error adds to its response."""
+        return {}
+
 
 class InvalidRequest(OAuthError):
     error = "invalid_request"
@@ -79,6 +83,38 @@ class InvalidClientMetadata(OAuthError):
     error = "invalid_client_metadata"
 
 
+class RequestTooLarge(OAuthError):
+    """A body past its endpoint's limit, refused as soon as that is known (nothing more is read);
+    the connection is closed after the answer so the rest of the body is not read either."""
+
+    error = "invalid_request"
+    status = 413
+
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}
+
+
+class TemporarilyUnavailable(OAuthError):
+    """The server is over one of its own limits (503, RFC 9110 §15.6.4); ``Retry-After`` says when
+    to try again. The code is RFC 6749 §4.1.2.1's."""
+
+    error = "temporarily_unavailable"
+    status = 503
+
+    def __init__(self, description: str, retry_after: int) -> None:
+        super().__init__(description)
+        self.retry_after = max(1, retry_after)
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class TooManyRequests(TemporarilyUnavailable):
+    """The caller is over a rate limit (429, RFC 6585 §4), with ``Retry-After``."""
+
+    status = 429
+
+
 class UnsupportedTokenType(OAuthError):
     """RFC 7009 §2.2.1."""
 
@@ -86,7 +122,7 @@ class UnsupportedTokenType(OAuthError):
 
 
 def error_response(error: OAuthError) -> JSONResponse:
-    headers = dict(NO_STORE)
+    headers = NO_STORE | error.headers()
     if error.status == 401:
         headers["WWW-Authenticate"] = 'Basic realm="rowscope"'
     return JSONResponse(error.body(), status_code=error.status, headers=headers)

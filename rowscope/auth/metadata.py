@@ -3,7 +3,10 @@
 The protected-resource document is served at both ``/.well-known/oauth-protected-resource/mcp``
 (RFC 9728 §3.1 path insertion) and the root variant, since clients probe either. Its
 ``scopes_supported`` lists both scopes on purpose: the MCP SDK client requests exactly what it
-finds there.
+finds there. Its ``resource`` is the MCP URL on the host the request came on, when that host is one
+the server accepts (``AuthContext.resource_on``): a client that connected to
+``http://localhost:8000/mcp`` must find exactly that (RFC 9728 §3.3), though the public URL says
+127.0.0.1. The issuer stays the one public URL.
 """
 
 from __future__ import annotations
@@ -48,9 +51,9 @@ def authorization_server_metadata(auth: AuthContext) -> dict[str, Any]:
     }
 
 
-def protected_resource_metadata(auth: AuthContext) -> dict[str, Any]:
+def protected_resource_metadata(auth: AuthContext, host: str | None = None) -> dict[str, Any]:
     return {
-        "resource": auth.resource,
+        "resource": auth.resource_on(host),
         "authorization_servers": [auth.issuer],
         "scopes_supported": list(scopes.SUPPORTED),
         "bearer_methods_supported": ["header"],
@@ -67,7 +70,9 @@ def routes(auth: AuthContext) -> list[Route]:
     async def pr_metadata(request: Request) -> Response:
         if request.method == "OPTIONS":
             return Response(status_code=204, headers=PREFLIGHT)
-        return JSONResponse(protected_resource_metadata(auth), headers=CORS)
+        host = request.headers.get("host")
+        # Vary: the document differs by Host, so no cache may hand one host's to another.
+        return JSONResponse(protected_resource_metadata(auth, host), headers=CORS | {"Vary": "Host"})
 
     return [
         Route("/.well-known/oauth-authorization-server", as_metadata, methods=["GET", "OPTIONS"]),

@@ -5,11 +5,29 @@ Registered metadata is validated here, in one place: redirect URIs by the policy
 grant types within ``authorization_code`` and ``refresh_token``, response type ``code``. Scope
 values rowscope does not know are dropped rather than refused (Claude has registered with
 ``scope: "claudeai"``). Confidential clients get a secret, shown once and stored as a SHA-256.
+The URIs a page may link or load (``client_uri``, ``logo_uri``, ``tos_uri``, ``policy_uri``) must
+be https, or http on a loopback host, like redirect URIs; anything else is
+``invalid_client_metadata``.
+
+Registration is open, so it is bounded three ways (our choices):
+
+* the body is read only up to ``MAX_BODY`` bytes, whatever its Content-Length says (or whether it
+  says anything); past that the answer is 413 at once and the connection is closed;
+* each client address may register ``register_max_per_address`` clients within
+  ``register_window`` seconds (``throttle.py``, kind ``register``): then 429 with ``Retry-After``;
+* at most ``max_unused_clients`` registered clients younger than ``unused_client_ttl`` may have
+  never got a token: then 429 with ``Retry-After`` (when the oldest of them ages out; ``purge.py``
+  deletes it then). A client that gets a token leaves the count.
+
+Both limits are counted, and the client inserted, in one transaction under advisory locks, so
+concurrent registrations cannot overshoot them; a refused registration records nothing.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import math
 import time
 import uuid
 from typing import Any
@@ -18,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from rowscope.auth import scopes, store
+from rowscope.auth import scopes, store, throttle
 from rowscope.auth.clients import AUTH_METHODS, redirect_uri_problem
 from rowscope.auth.context import AuthContext
 from rowscope.auth.errors import (
@@ -26,13 +44,17 @@ from rowscope.auth.errors import (
     InvalidClientMetadata,
     InvalidRedirectUri,
     OAuthError,
+    RequestTooLarge,
+    TooManyRequests,
     error_response,
 )
 from rowscope.auth.token import post_route
+from rowscope.server.bodies import request_body
 
 MAX_BODY = 64 * 1024
 GRANT_TYPES = {"authorization_code", "refresh_token"}
-KEPT_METADATA = ("client_uri", "logo_uri", "application_type", "software_id", "software_version")
+URI_METADATA = ("client_uri", "logo_uri", "tos_uri", "policy_uri")
+KEPT_METADATA = (*URI_METADATA, "application_type", "software_id", "software_version")
 
 
 def _string_list(data: dict[str, Any], key: str, default: list[str]) -> list[str]:
@@ -67,6 +89,9 @@ def validate(data: Any) -> dict[str, Any]:
     scope = data.get("scope")
     if scope is not None and not isinstance(scope, str):
         raise InvalidClientMetadata("scope must be a space-separated string")
+    for key in URI_METADATA:
+        if data.get(key) is not None and (problem := redirect_uri_problem(data[key], key)):
+            raise InvalidClientMetadata(problem)
     return {
         "client_name": (name or "").strip() or "Unnamed client",
         "redirect_uris": redirect_uris,
@@ -78,27 +103,53 @@ def validate(data: Any) -> dict[str, Any]:
     }
 
 
+async def _admit(auth: AuthContext, conn: Any, address: str) -> None:
+    """Count this registration against its address and the quota of unused clients, or refuse it."""
+    settings = auth.settings
+    recorded = await throttle.record(
+        conn,
+        [
+            throttle.Limit(
+                throttle.REGISTER,
+                address,
+                settings.register_max_per_address,
+                dt.timedelta(seconds=settings.register_window),
+            )
+        ],
+    )
+    if isinstance(recorded, throttle.Refused):
+        raise TooManyRequests("too many client registrations from this address", recorded.retry_after)
+    ttl = dt.timedelta(seconds=settings.unused_client_ttl)
+    wait = await store.unused_quota_wait(conn, settings.max_unused_clients, ttl)
+    if wait is not None:
+        raise TooManyRequests(
+            "too many registered clients have not been used yet; try again later", math.ceil(wait)
+        )
+
+
 def routes(auth: AuthContext) -> list[Route]:
     async def register(request: Request) -> Response:
-        body = await request.body()
         try:
-            if len(body) > MAX_BODY:
-                raise InvalidClientMetadata(f"the registration request is larger than {MAX_BODY} bytes")
+            body = await request_body(request, MAX_BODY)
+            if body is None:
+                raise RequestTooLarge(f"the registration request is larger than {MAX_BODY} bytes")
             try:
                 data = json.loads(body)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
                 raise InvalidClientMetadata("the registration request is not valid JSON") from exc
             row = validate(data)
+            client_id = str(uuid.uuid4())
+            secret = (
+                None if row["token_endpoint_auth_method"] == "none" else store.new_secret(store.SECRET_PREFIX)
+            )
+            async with auth.database.service_transaction() as conn:
+                await _admit(auth, conn, request.client.host if request.client else "unknown")
+                await store.save_client(
+                    conn,
+                    {**row, "client_id": client_id, "secret_hash": store.digest(secret) if secret else None},
+                )
         except OAuthError as error:
             return error_response(error)
-        client_id = str(uuid.uuid4())
-        secret = (
-            None if row["token_endpoint_auth_method"] == "none" else store.new_secret(store.SECRET_PREFIX)
-        )
-        async with auth.database.service_transaction() as conn:
-            await store.save_client(
-                conn, {**row, "client_id": client_id, "secret_hash": store.digest(secret) if secret else None}
-            )
         answer: dict[str, Any] = {
             "client_id": client_id,
             "client_id_issued_at": int(time.time()),
@@ -113,7 +164,6 @@ def routes(auth: AuthContext) -> list[Route]:
             answer["scope"] = row["scope"]
         if secret:
             answer |= {"client_secret": secret, "client_secret_expires_at": 0}
-        await auth.prune_stale_clients()
         return JSONResponse(answer, status_code=201, headers=NO_STORE)
 
     return [post_route("/register", register)]

@@ -1,7 +1,10 @@
 """Browser sessions for rowscope's own pages, and their CSRF tokens.
 
 A sign-in creates a server-side session (``auth_sessions``, stored hashed); the browser holds the
-random id in an HttpOnly, SameSite=Lax cookie (``__Host-`` prefixed and Secure over https). The
+random id in an HttpOnly, SameSite=Lax cookie (``__Host-`` prefixed and Secure over https). A
+session ends when it expires, when its browser signs out (``POST /signout``), and for every browser
+of the user when their password is set, their tokens are revoked or their account is removed by
+the operator (``rowscope users passwd | tokens revoke --user | users remove``). The
 CSRF token of a form is an HMAC of the session id and the form's purpose, so it needs no server
 key and no storage, and is worthless without the cookie. The sign-in form, which has no session
 yet, uses a double-submit cookie instead.
@@ -35,6 +38,12 @@ def set_cookie(response: Response, settings: Settings, name: str, value: str, ma
     response.set_cookie(
         name, value, max_age=max_age, path="/", secure=_secure(settings), httponly=True, samesite="lax"
     )
+
+
+def delete_cookie(response: Response, settings: Settings, name: str) -> None:
+    """Expire a cookie set by :func:`set_cookie` (a ``__Host-`` cookie is only replaced by one with
+    the same attributes: Secure, path /)."""
+    response.delete_cookie(name, path="/", secure=_secure(settings), httponly=True, samesite="lax")
 
 
 def csrf_token(secret: str, purpose: str) -> str:

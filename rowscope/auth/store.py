@@ -14,13 +14,26 @@ are settled by the database in one statement each:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Interval,
+    String,
+    and_,
+    bindparam,
+    delete,
+    func,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -148,25 +161,58 @@ async def revoke_client(conn: AsyncConnection, client_id: str) -> bool:
     return True
 
 
-async def delete_stale_clients(conn: AsyncConnection, unused_for: dt.timedelta) -> int:
-    """Registered clients that never got a token, or none for ``unused_for``, are deleted
+def unused_clients() -> ColumnElement[bool]:
+    """Registered clients, not revoked, that never got a token (``touch_client`` sets
+    ``last_used_at`` on every grant)."""
+    return (
+        (OAuthClient.kind == "registered")
+        & OAuthClient.last_used_at.is_(None)
+        & OAuthClient.revoked_at.is_(None)
+    )
+
+
+def stale_clients(unused_for: dt.timedelta) -> ColumnElement[bool]:
+    """Registered clients that never got a token, or none for ``unused_for``, and hold no live token
     (Claude registers a new client on every fresh connection)."""
-    cutoff = now() - unused_for
     live_token = select(OAuthToken.id).where(
         OAuthToken.client_id == OAuthClient.client_id,
         OAuthToken.revoked_at.is_(None),
         OAuthToken.refresh_expires_at > func.now(),
     )
+    return (
+        (OAuthClient.kind == "registered")
+        & (func.coalesce(OAuthClient.last_used_at, OAuthClient.created_at) < now() - unused_for)
+        & ~live_token.exists()
+    )
+
+
+async def delete_stale_clients(conn: AsyncConnection, unused_for: dt.timedelta) -> int:
+    """Delete the :func:`stale_clients`; how many there were."""
     result = await conn.execute(
-        delete(OAuthClient)
-        .where(
-            OAuthClient.kind == "registered",
-            func.coalesce(OAuthClient.last_used_at, OAuthClient.created_at) < cutoff,
-            ~live_token.exists(),
-        )
-        .returning(OAuthClient.id)
+        delete(OAuthClient).where(stale_clients(unused_for)).returning(OAuthClient.id)
     )
     return len(result.all())
+
+
+# A transaction-level advisory lock (two keys, as throttle.py's) held while the quota of unused
+# clients is counted and a client inserted, so concurrent registrations cannot overshoot it.
+UNUSED_QUOTA_LOCK = (0x5A0C_0004, 0)
+
+
+async def unused_quota_wait(conn: AsyncConnection, quota: int, ttl: dt.timedelta) -> float | None:
+    """Seconds until fewer than ``quota`` :func:`unused_clients` younger than ``ttl`` exist, or None
+    when fewer exist now. Takes the quota's lock until the transaction ends."""
+    await conn.execute(select(func.pg_advisory_xact_lock(*UNUSED_QUOTA_LOCK)))
+    found = (
+        await conn.execute(
+            select(func.extract("epoch", OAuthClient.created_at + ttl - func.now()))
+            .where(unused_clients(), OAuthClient.created_at > func.now() - ttl)
+            .order_by(OAuthClient.created_at.desc())
+            .offset(quota - 1)
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    return None if found is None else float(found)
 
 
 # -- codes ----------------------------------------------------------------------------------------
@@ -345,33 +391,72 @@ async def revoke_token(conn: AsyncConnection, token: str, client_id: str) -> Non
         )
 
 
-async def access_token_owner(conn: AsyncConnection, token: str) -> Any | None:
-    """The live token row of an access token, or None (expired, revoked, or its client revoked)."""
-    statement = (
+# How finely ``oauth_tokens.last_used_at`` follows a token's use: the connections page says when
+# each connection was last used, and a verification writes that at most this often per token.
+TOKEN_USE_RESOLUTION = dt.timedelta(minutes=5)
+
+
+@functools.cache
+def _owner_statements() -> tuple[Any, Any]:
+    """The verification's look-up and its last-use write, built once (on first use): building the
+    expression anew for every verification cost more than the statement's own round trip does
+    under load."""
+    hashed = bindparam("hashed", type_=String)
+    used = func.coalesce(OAuthToken.last_used_at, OAuthToken.created_at)
+    resolution = literal_column(f"interval '{TOKEN_USE_RESOLUTION.total_seconds():.0f} seconds'", Interval)
+    stale = used < func.now() - resolution
+    look_up = (
         select(
             OAuthToken.user_id,
             OAuthToken.client_id,
             OAuthToken.scope,
             OAuthToken.resource,
             OAuthToken.access_expires_at,
+            stale.label("stale"),
         )
         .join(OAuthClient, OAuthClient.client_id == OAuthToken.client_id)
         .where(
-            OAuthToken.access_hash == digest(token),
+            OAuthToken.access_hash == hashed,
             OAuthToken.revoked_at.is_(None),
             OAuthToken.access_expires_at > func.now(),
             OAuthClient.revoked_at.is_(None),
         )
     )
-    return (await conn.execute(statement)).first()
+    # `stale` again in the WHERE: of two processes that both saw it stale, one writes.
+    record = update(OAuthToken).where(OAuthToken.access_hash == hashed, stale).values(last_used_at=func.now())
+    return look_up, record
+
+
+async def access_token_owner(conn: AsyncConnection, token: str) -> Any | None:
+    """The live token row of an access token, or None (expired, revoked, or its client revoked).
+
+    Its use is recorded in ``last_used_at`` (for the connections page), at most once per
+    :data:`TOKEN_USE_RESOLUTION`: the look-up itself says whether the record is stale, so a token in
+    steady use costs this one statement, and an UPDATE once every five minutes (a fresh token counts
+    as used when it was issued). That column is not one a verification reads, so the write empties
+    no token cache (migration 0010), and with the cache a process verifies in the database at most
+    once a minute per token anyway."""
+    look_up, record = _owner_statements()
+    params = {"hashed": digest(token)}
+    row = (await conn.execute(look_up, params)).first()
+    if row is not None and row.stale:
+        await conn.execute(record, params)
+    return row
 
 
 async def revoke_user_tokens(conn: AsyncConnection, user_id: uuid.UUID, client_id: str | None = None) -> int:
-    conditions = [OAuthToken.user_id == user_id, OAuthToken.revoked_at.is_(None)]
+    """Revoke the user's live tokens (of one client, or of all) and delete their unredeemed codes,
+    so that nothing already handed out can still become a token. Redeemed codes stay: a replay
+    must still be recognised. Codes first: a redemption racing this either finds its code gone, or
+    commits first and its new token is then among those revoked."""
+    codes = [OAuthCode.user_id == user_id, OAuthCode.used_at.is_(None)]
+    tokens = [OAuthToken.user_id == user_id, OAuthToken.revoked_at.is_(None)]
     if client_id is not None:
-        conditions.append(OAuthToken.client_id == client_id)
+        codes.append(OAuthCode.client_id == client_id)
+        tokens.append(OAuthToken.client_id == client_id)
+    await conn.execute(delete(OAuthCode).where(and_(*codes)))
     result = await conn.execute(
-        update(OAuthToken).where(and_(*conditions)).values(revoked_at=func.now()).returning(OAuthToken.id)
+        update(OAuthToken).where(and_(*tokens)).values(revoked_at=func.now()).returning(OAuthToken.id)
     )
     return len(result.all())
 
@@ -405,14 +490,49 @@ async def remember_consent(
     )
 
 
-async def user_connections(conn: AsyncConnection, user_id: uuid.UUID) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Connection:
+    """An assistant the user approved: since when, for what, and when it last used its access."""
+
+    client_id: str
+    client_name: str
+    scopes: list[str]
+    connected_at: dt.datetime
+    # The latest issue, refresh or recorded use of a token of this connection (to within
+    # TOKEN_USE_RESOLUTION); None before the first token.
+    last_used_at: dt.datetime | None
+
+
+async def user_connections(conn: AsyncConnection, user_id: uuid.UUID) -> list[Connection]:
+    """The user's connections, the most recently active first (used, or connected if never used).
+    Only tokens issued since the consent count towards a connection's last use: one withdrawn and
+    approved again starts afresh."""
+    last_used = (
+        select(func.max(func.coalesce(OAuthToken.last_used_at, OAuthToken.created_at)))
+        .where(
+            OAuthToken.user_id == OAuthConsent.user_id,
+            OAuthToken.client_id == OAuthConsent.client_id,
+            OAuthToken.created_at >= OAuthConsent.created_at,
+        )
+        .scalar_subquery()
+        .label("last_used_at")
+    )
     statement = (
-        select(OAuthConsent.client_id, OAuthClient.client_name, OAuthConsent.scope, OAuthConsent.updated_at)
+        select(
+            OAuthConsent.client_id,
+            OAuthClient.client_name,
+            OAuthConsent.scope,
+            OAuthConsent.created_at,
+            last_used,
+        )
         .join(OAuthClient, OAuthClient.client_id == OAuthConsent.client_id)
         .where(OAuthConsent.user_id == user_id)
-        .order_by(OAuthConsent.updated_at.desc())
     )
-    return [dict(r) for r in (await conn.execute(statement)).mappings()]
+    found = [
+        Connection(r.client_id, r.client_name, r.scope.split(), r.created_at, r.last_used_at)
+        for r in await conn.execute(statement)
+    ]
+    return sorted(found, key=lambda c: c.last_used_at or c.connected_at, reverse=True)
 
 
 async def forget_connection(conn: AsyncConnection, user_id: uuid.UUID, client_id: str) -> None:
@@ -421,6 +541,12 @@ async def forget_connection(conn: AsyncConnection, user_id: uuid.UUID, client_id
         delete(OAuthConsent).where(OAuthConsent.user_id == user_id, OAuthConsent.client_id == client_id)
     )
     await revoke_user_tokens(conn, user_id, client_id)
+
+
+async def forget_consents(conn: AsyncConnection, user_id: uuid.UUID) -> int:
+    """Withdraw every consent of the user: each assistant has to be approved again."""
+    result = await conn.execute(delete(OAuthConsent).where(OAuthConsent.user_id == user_id))
+    return result.rowcount
 
 
 # -- sign-in sessions -----------------------------------------------------------------------------
@@ -448,3 +574,13 @@ async def session_user(conn: AsyncConnection, token: str) -> tuple[uuid.UUID, st
 
 async def end_session(conn: AsyncConnection, token: str) -> None:
     await conn.execute(delete(AuthSession).where(AuthSession.token_hash == digest(token)))
+
+
+async def end_user_sessions(conn: AsyncConnection, user_id: uuid.UUID) -> int:
+    """Sign the user out of every browser: the number of live sessions ended."""
+    result = await conn.execute(
+        delete(AuthSession)
+        .where(AuthSession.user_id == user_id)
+        .returning(AuthSession.expires_at > func.now())
+    )
+    return sum(1 for (live,) in result if live)

@@ -33,10 +33,12 @@ from rowscope.auth.errors import (
     InvalidScope,
     InvalidTarget,
     OAuthError,
+    RequestTooLarge,
     UnauthorizedClient,
     UnsupportedGrantType,
     error_response,
 )
+from rowscope.server.bodies import request_form
 
 MAX_BODY = 16 * 1024
 
@@ -47,12 +49,13 @@ def s256(verifier: str) -> str:
 
 
 async def read_form(request: Request) -> dict[str, str]:
-    """The urlencoded body as single values; a repeated parameter is an error (RFC 6749 §3.2)."""
-    if int(request.headers.get("content-length") or 0) > MAX_BODY:
-        raise InvalidRequest("the request body is too large")
+    """The urlencoded body as single values; a repeated parameter is an error (RFC 6749 §3.2).
+    At most ``MAX_BODY`` bytes are read, whatever the Content-Length says."""
     if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
         raise InvalidRequest("send parameters as application/x-www-form-urlencoded")
-    form = await request.form()
+    form = await request_form(request, MAX_BODY)
+    if form is None:
+        raise RequestTooLarge(f"the request body is larger than {MAX_BODY} bytes")
     values: dict[str, str] = {}
     for key in form:
         found = form.getlist(key)

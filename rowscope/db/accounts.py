@@ -1,4 +1,11 @@
-"""Users and API keys: rowscope's own bookkeeping, run as the service role (never by tools)."""
+"""Users and API keys: rowscope's own bookkeeping, run as the service role (never by tools).
+
+A user is a row of the application's users table (``user_profiles``); rowscope keeps its own
+account data beside it, in the tables of :data:`ACCOUNT_TABLES`. Removing a user's account
+(:func:`remove_account`) deletes that data and nothing else: the profile row and every application
+row (sparks, portfolio items, chats, teams) stay as they are. To delete the person altogether the
+application deletes its profile row, and rowscope's rows follow by ``ON DELETE CASCADE``.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +14,23 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from rowscope.db.models import ApiKey, UserProfile
+from rowscope.db.models import (
+    ApiKey,
+    AuthSession,
+    Base,
+    OAuthCode,
+    OAuthConsent,
+    OAuthToken,
+    UserCredential,
+    UserIdentity,
+    UserProfile,
+)
 
 KEY_PREFIX = "rsk_"
 
@@ -57,13 +75,69 @@ async def add_user(conn: AsyncConnection, email: str, display_name: str | None =
     return await user_id(conn, email)
 
 
-async def user_id(conn: AsyncConnection, email: str) -> uuid.UUID:
-    found = (
+async def find_user(conn: AsyncConnection, email: str) -> uuid.UUID | None:
+    return (
         await conn.execute(select(UserProfile.id).where(UserProfile.email == normalise_email(email)))
     ).scalar()
+
+
+async def user_id(conn: AsyncConnection, email: str) -> uuid.UUID:
+    found = await find_user(conn, email)
     if found is None:
         raise AccountError(f"no user {email}; create one with `rowscope users add {email}`")
     return found
+
+
+# rowscope's own tables holding a user's account data, by what `users remove` reports them as: all
+# of it, and only it (tests/test_cli.py checks that every other table referring to a user is the
+# application's).
+ACCOUNT_TABLES: dict[str, type[Base]] = {
+    "password": UserCredential,
+    "sign-in links": UserIdentity,
+    "sign-in sessions": AuthSession,
+    "authorization codes": OAuthCode,
+    "OAuth tokens": OAuthToken,
+    "consents": OAuthConsent,
+    "API keys": ApiKey,
+}
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    id: uuid.UUID
+    email: str
+    password: bool
+    identities: int  # links to an upstream OpenID Connect subject
+    keys: int  # live API keys
+    connections: int  # approved clients (consents)
+    sessions: int  # live sign-in sessions
+
+
+async def list_users(conn: AsyncConnection) -> list[UserInfo]:
+    def count(model: Any, *where: Any) -> Any:
+        return select(func.count()).where(model.user_id == UserProfile.id, *where).scalar_subquery()
+
+    statement = select(
+        UserProfile.id,
+        UserProfile.email,
+        select(UserCredential.user_id).where(UserCredential.user_id == UserProfile.id).exists(),
+        count(UserIdentity),
+        count(ApiKey, ApiKey.revoked_at.is_(None)),
+        count(OAuthConsent),
+        count(AuthSession, AuthSession.expires_at > func.now()),
+    ).order_by(UserProfile.email)
+    return [UserInfo(*row) for row in await conn.execute(statement)]
+
+
+async def remove_account(conn: AsyncConnection, user: uuid.UUID) -> dict[str, int]:
+    """Delete rowscope's account data of the user (every row of :data:`ACCOUNT_TABLES`), never the
+    user's profile or the application's rows; how many rows of each kind went. Deleting tokens and
+    keys notifies every process's token cache (migration 0004), so they stop working at once."""
+    removed = {}
+    for kind, model in ACCOUNT_TABLES.items():
+        result = await conn.execute(delete(model).where(model.__table__.c.user_id == user))
+        removed[kind] = result.rowcount
+    return removed
 
 
 async def create_key(conn: AsyncConnection, email: str, name: str) -> tuple[uuid.UUID, str]:

@@ -79,7 +79,25 @@ def _to_text(field: str, value: Any) -> str:
         raise FilterError(f"{field} is text; expected a string, got {type(value).__name__}")
     if len(value) > MAX_TEXT_VALUE or "\x00" in value:
         raise FilterError(f"{field}: text values are limited to {MAX_TEXT_VALUE} characters without NUL")
+    if not value.isascii() and not is_unicode(value):
+        raise FilterError(f"{field}: {NOT_UNICODE}")
     return value
+
+
+NOT_UNICODE = (
+    "the text is not valid Unicode: it holds a lone surrogate (a \\ud800-\\udfff escape without its "
+    "pair), which no database text can store; send the characters themselves"
+)
+
+
+def is_unicode(text: str) -> bool:
+    """Whether ``text`` can be stored as text: no lone surrogate (JSON's ``"\\ud800"`` parses to one
+    in Python, and UTF-8, which PostgreSQL speaks, has no encoding for it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _to_int(field: str, value: Any) -> int:

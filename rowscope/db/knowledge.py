@@ -52,6 +52,7 @@ from psycopg import sql
 from sqlalchemy import (
     Float,
     Integer,
+    Select,
     Table,
     and_,
     any_,
@@ -61,6 +62,7 @@ from sqlalchemy import (
     func,
     not_,
     select,
+    tuple_,
     union_all,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
@@ -369,6 +371,21 @@ class KnowledgeStore:
             .returning(self._c("id"))
         )
         return len((await conn.execute(statement)).all())
+
+    def item_chunks(self, parent_id: Any, source_id: Any) -> Select[Any]:
+        """The chunks of one item (a parent's chunks of one source id); the two may be columns of
+        an enclosing statement."""
+        s = self.spec
+        return select(self._c("id")).where(
+            self._c(s.parent_column) == parent_id, self._c(s.source_id_column) == source_id
+        )
+
+    async def count_items(self, conn: AsyncConnection, items: Select[Any, Any]) -> int:
+        """How many chunks are stored under the (parent id, source id) pairs ``items`` selects."""
+        s = self.spec
+        pair = tuple_(self._c(s.parent_column), self._c(s.source_id_column))
+        statement = select(func.count()).select_from(self.table).where(pair.in_(items))
+        return int((await conn.execute(statement)).scalar_one())
 
     async def items(self, conn: AsyncConnection, parent_id: uuid.UUID) -> list[dict[str, Any]]:
         """Training items of a parent: one row per source id, with its chunk count."""

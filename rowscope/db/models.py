@@ -19,6 +19,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Index,
+    Integer,
     MetaData,
     String,
     Text,
@@ -306,6 +307,8 @@ class OAuthToken(Base):
     )
     rotated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the access token was last used, to within store.TOKEN_USE_RESOLUTION (migration 0013).
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class OAuthConsent(Timestamps, Base):
@@ -347,4 +350,23 @@ class SigninFailure(Base):
     key: Mapped[str] = mapped_column(String(255), nullable=False)
     failed_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now(), index=True
+    )
+
+
+class TrainingAddition(Base):
+    """One ``add_training_content`` that added chunks (rowscope/tools/quota.py): its chunks count
+    against the user's allowance per window, and, while they are stored, against the user's total.
+    Tool transactions read and write their user's own rows (row-level security, migration 0012)."""
+
+    __tablename__ = "training_additions"
+    __table_args__ = (Index("ix_training_additions_user_id_added_at", "user_id", "added_at"),)
+    id: Mapped[uuid.UUID] = _id()
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("user_profiles.id", ondelete="CASCADE"), nullable=False
+    )
+    parent_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    item_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    chunks: Mapped[int] = mapped_column(Integer, nullable=False)
+    added_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
     )

@@ -37,9 +37,19 @@ from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 from sqlalchemy import (
     Column,
     ColumnElement,
@@ -115,7 +125,37 @@ class AllRule(_Strict):
     all: list[Rule] = Field(min_length=1)
 
 
-Rule = OwnerRule | FlagRule | MemberRule | ParentRule | AccessRule | AnyRule | AllRule
+RULES: dict[str, type[_Strict]] = {
+    "owner": OwnerRule,
+    "flag": FlagRule,
+    "member": MemberRule,
+    "parent": ParentRule,
+    "access": AccessRule,
+    "any": AnyRule,
+    "all": AllRule,
+}
+
+
+def _rule_kind(value: Any) -> str | None:
+    """Which rule a table is, by its one key: so a mistyped rule is one error that names the rules,
+    not one error per kind of rule that it failed to be."""
+    if isinstance(value, dict):
+        return next(iter(value)) if len(value) == 1 else None
+    return next((kind for kind, cls in RULES.items() if isinstance(value, cls)), None)
+
+
+Rule = Annotated[
+    Annotated[OwnerRule, Tag("owner")]
+    | Annotated[FlagRule, Tag("flag")]
+    | Annotated[MemberRule, Tag("member")]
+    | Annotated[ParentRule, Tag("parent")]
+    | Annotated[AccessRule, Tag("access")]
+    | Annotated[AnyRule, Tag("any")]
+    | Annotated[AllRule, Tag("all")],
+    Discriminator(_rule_kind, custom_error_type="policy_rule", custom_error_message="not a rule"),
+]
+AnyRule.model_rebuild()  # their fields name Rule, defined only now
+AllRule.model_rebuild()
 
 
 class AccessSpec(_Strict):
@@ -185,7 +225,9 @@ class PolicyFile(_Strict):
                 assert target is not None
                 if rule.parent.model is not None:
                     if target not in self.models:
-                        raise ValueError(f"{where}: unknown parent model {target!r}")
+                        raise ValueError(
+                            f"{where}: unknown parent model {target!r}; models: {', '.join(self.models)}"
+                        )
                     if target in seen:
                         raise ValueError(f"{where}: parent chain loops through {target!r}")
                     check(self.models[target].scope, f"models.{target}", (*seen, target))
@@ -196,7 +238,7 @@ class PolicyFile(_Strict):
 
         def check_access(name: str, where: str, seen: tuple[str, ...]) -> None:
             if name not in self.access:
-                raise ValueError(f"{where}: unknown access rule {name!r}")
+                raise ValueError(f"{where}: unknown access rule {name!r}; {self._access_names()}")
             if f"access.{name}" in seen:
                 raise ValueError(f"{where}: access rule {name!r} refers back to itself")
             check(self.access[name].read, f"access.{name}.read", (*seen, f"access.{name}"))
@@ -209,8 +251,13 @@ class PolicyFile(_Strict):
                 raise ValueError(f"models.{name}: the primary key must be among the columns")
             check(model.scope, f"models.{name}", (name,))
         if self.knowledge is not None and self.knowledge.access not in self.access:
-            raise ValueError(f"knowledge: unknown access rule {self.knowledge.access!r}")
+            raise ValueError(
+                f"knowledge.access: unknown access rule {self.knowledge.access!r}; {self._access_names()}"
+            )
         return self
+
+    def _access_names(self) -> str:
+        return f"access rules: {', '.join(self.access)}" if self.access else "the policy has no [access.NAME]"
 
     def table_names(self) -> set[str]:
         names = {self.users.table, *(m.table for m in self.models.values())}
@@ -241,21 +288,107 @@ def _children(rule: Rule) -> list[Rule]:
     return []
 
 
+def policy_origin(path: Path | None) -> str:
+    """How errors name a policy: its file, or the bundled one."""
+    return "the bundled Spark policy" if path is None else f"the policy file {path}"
+
+
 def load_policy(path: Path | None = None) -> PolicyFile:
-    """Parse and validate a policy file; ``None`` gives the bundled Spark policy."""
+    """Parse and validate a policy file; ``None`` gives the bundled Spark policy. Any error is a
+    :class:`PolicyError` of one line: the file, the key and what is allowed there."""
+    origin = policy_origin(path)
     if path is None:
         raw = resources.files("rowscope.policies").joinpath("spark.toml").read_text("utf-8")
-        origin = "the bundled Spark policy"
     else:
         try:
             raw = path.read_text("utf-8")
         except OSError as exc:
-            raise PolicyError(f"cannot read the policy file {path}: {exc.strerror}") from exc
-        origin = str(path)
+            raise PolicyError(f"cannot read the policy file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise PolicyError(f"{origin} is not UTF-8 text") from None
     try:
-        return PolicyFile.model_validate(tomllib.loads(raw))
-    except (tomllib.TOMLDecodeError, ValidationError) as exc:
-        raise PolicyError(f"{origin} is not a valid rowscope policy:\n{exc}") from exc
+        data = tomllib.loads(raw)
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"{origin} is not a valid rowscope policy: bad TOML: {exc}") from None
+    try:
+        return PolicyFile.model_validate(data)
+    except ValidationError as exc:
+        raise PolicyError(f"{origin}: {condense(exc)}") from None
+
+
+# pydantic reports every error of a document (and one per kind of rule for a rule it could not
+# match); an operator needs the one that says what to fix. A mistyped key is an "extra" error at
+# the typo and a "missing" one at the key meant: the first says more, so errors that name what is
+# allowed come first, "missing" last.
+_RANK = {"policy_rule": 0, "extra_forbidden": 0, "literal_error": 0, "value_error": 1, "missing": 3}
+
+
+def condense(exc: ValidationError) -> str:
+    """The most telling of a policy's validation errors, in one line: where (dotted keys) and what
+    is allowed there."""
+    errors = exc.errors(include_url=False)
+    error = min(errors, key=lambda e: _RANK.get(e["type"], 2))
+    loc, kind, value = tuple(error["loc"]), error["type"], error.get("input")
+    if kind == "extra_forbidden":
+        loc, what = loc[:-1], f"unknown key {loc[-1]!r}; allowed: {', '.join(_allowed_keys(loc[:-1]))}"
+    elif kind == "missing":
+        loc, what = loc[:-1], f"missing key {loc[-1]!r}"
+    elif kind == "policy_rule":
+        if isinstance(value, dict) and len(value) == 1:
+            what = f"unknown rule {next(iter(value))!r}"
+        elif isinstance(value, dict):
+            what = f"a rule has exactly one key, not {len(value)} ({', '.join(map(repr, value)) or 'none'})"
+        else:
+            what = f'a rule is a table such as {{ owner = "user_id" }}, not {value!r}'
+        what += f"; rules: {', '.join(RULES)}"
+    elif kind == "value_error":
+        what = str(error["msg"]).removeprefix("Value error, ")
+    else:
+        what = f"{error['msg']}, not {value!r}"
+    return f"{_dotted(loc)}: {what}" if loc else what
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    """``models.Note.scope.any[0]``: the keys, a rule's kind (pydantic's tag, the same word as the
+    key under it) once."""
+    out = ""
+    previous: Any = None
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part != previous:
+            out += f".{part}" if out else str(part)
+        previous = part
+    return out
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys of the table at ``loc`` in a policy, from the models that describe it."""
+    node: Any = PolicyFile
+    for part in loc:
+        node = _strip(node)
+        if get_origin(node) in (Union, UnionType):  # the rules: pydantic's loc names the kind first
+            node = RULES.get(str(part))
+        elif isinstance(node, type) and issubclass(node, BaseModel):
+            field = node.model_fields.get(str(part))
+            node = field.annotation if field is not None else None
+        elif get_origin(node) in (dict, list):
+            node = get_args(node)[-1]
+        else:
+            return []
+    node = _strip(node)
+    return list(node.model_fields) if isinstance(node, type) and issubclass(node, BaseModel) else []
+
+
+def _strip(node: Any) -> Any:
+    """``node`` less ``Annotated`` and ``| None``."""
+    while True:
+        if get_origin(node) is Annotated:
+            node = get_args(node)[0]
+        elif get_origin(node) in (Union, UnionType) and type(None) in get_args(node):
+            (node,) = (m for m in get_args(node) if m is not type(None))
+        else:
+            return node
 
 
 @dataclass(frozen=True)
@@ -342,7 +475,10 @@ class CompiledPolicy:
     def _require(table: Table, columns: list[str], where: str) -> None:
         absent = [c for c in columns if c not in table.c]
         if absent:
-            raise PolicyError(f"{where}: table {table.name} has no column(s) {', '.join(absent)}")
+            raise PolicyError(
+                f"{where}: table {table.name} has no column(s) {', '.join(absent)}; "
+                f"its columns: {', '.join(table.c.keys())}"
+            )
 
     def _require_rule(self, rule: Rule, table: Table, where: str) -> None:
         """Every column a rule names on the row's table (and its parent's) exists, so a policy that

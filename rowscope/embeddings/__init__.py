@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from urllib.parse import urlsplit
+
 from .base import DEFAULT_EMBEDDING_TIMEOUT, Embedder, EmbeddingError
 from .offline import HashingEmbedder, OfflineEmbedder
 from .openai import OpenAIEmbedder
@@ -14,6 +17,8 @@ __all__ = [
     "OpenAIEmbedder",
     "build_embedder",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def build_embedder(
@@ -28,6 +33,8 @@ def build_embedder(
     """Return an OpenAIEmbedder when an API key is given, else the local OfflineEmbedder; either
     way one ``embed`` call takes at most ``timeout`` seconds."""
     if openai_api_key:
+        host = urlsplit(openai_base_url).netloc if openai_base_url else "api.openai.com"
+        log.info("embeddings: OpenAI-compatible API at %s, model %s", host, openai_model)
         return OpenAIEmbedder(
             api_key=openai_api_key,
             base_url=openai_base_url or None,
@@ -36,4 +43,6 @@ def build_embedder(
             batch_size=batch_size,
             timeout=timeout,
         )
-    return OfflineEmbedder(dimensions=dimensions, batch_size=batch_size, timeout=timeout)
+    embedder = OfflineEmbedder(dimensions=dimensions, timeout=timeout)
+    log.info("embeddings: the offline model %s, on this machine (OPENAI_API_KEY is unset)", embedder.model)
+    return embedder

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -32,9 +33,11 @@ class Embedder(Protocol):
         """Length of every returned vector (the database column dimension)."""
         ...
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+    async def embed(self, texts: Sequence[str], *, user: uuid.UUID | None = None) -> list[list[float]]:
         """Embed ``texts``; one unit-length vector per text, in input order.
 
+        ``user``: whom the texts are embedded for (None: nobody in particular). A provider with one
+        worker shares it fairly between users by it (offline.py); it is never sent anywhere.
         Bounded in total time: a call that runs out of it raises EmbeddingError.
         """
         ...

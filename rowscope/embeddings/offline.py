@@ -24,6 +24,7 @@ import math
 import re
 import threading
 import unicodedata
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +43,7 @@ from .base import (
     seconds,
     zero_pad,
 )
+from .turns import FairTurns
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -80,6 +82,16 @@ def _check_sha256(path: Path, expected: str) -> None:
         raise EmbeddingError(f"offline embedding model file {path.name} does not match its pinned checksum")
 
 
+# Padded tokens one batch of the model may hold: one text of the longest length the model takes,
+# or several shorter ones. Activations, and the memory onnxruntime keeps for them, grow with texts x
+# longest text: a process held ~1.2 GiB after one 64-chunk add embedded as one batch, ~450 MiB in
+# batches of 8, ~250 MiB one 1,000-character chunk at a time, the model loaded at ~240 MiB
+# (bench/embed_memory.py). Long texts one at a time are no slower on the CPU (one already keeps
+# every core busy, and nothing padded is computed); short ones still share a batch, several times
+# faster than one run each.
+RUN_TOKENS = MINILM_MAX_TOKENS
+
+
 class _MiniLM:
     """The loaded tokenizer + ONNX session; every method is blocking CPU work."""
 
@@ -96,6 +108,9 @@ class _MiniLM:
 
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only
+        # A memory pattern is planned per input shape and kept; with a new shape nearly every
+        # batch it only adds memory. (The arena stays: RUN_TOKENS bounds what it holds.)
+        options.enable_mem_pattern = False
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
@@ -104,17 +119,22 @@ class _MiniLM:
         )
         self._input_names = {i.name for i in self._session.get_inputs()}
 
-    def encode(self, texts: list[str], batch_size: int) -> list[list[float]]:
+    def encode(self, texts: list[str]) -> list[list[float]]:
         import numpy as np
 
         encodings = self._tokenizer.encode_batch(texts)
-        # Batch texts of similar length together to keep padding small; the
+        # Texts of similar length together, as many as RUN_TOKENS holds padded (one at least); the
         # attention mask makes results independent of the batch's make-up.
         order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
         out: list[list[float] | None] = [None] * len(texts)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            width = max(len(encodings[i].ids) for i in chunk)
+        start = 0
+        while start < len(order):
+            end = start + 1
+            while end < len(order) and (end + 1 - start) * len(encodings[order[end]].ids) <= RUN_TOKENS:
+                end += 1
+            chunk = order[start:end]
+            start = end
+            width = len(encodings[chunk[-1]].ids)
             ids = np.zeros((len(chunk), width), dtype=np.int64)
             mask = np.zeros((len(chunk), width), dtype=np.int64)
             for row, i in enumerate(chunk):
@@ -141,11 +161,24 @@ class _MiniLM:
         return result
 
 
-# Texts embedded per turn on the model's thread. A search queued behind another user's add waits
-# for one turn: ~0.25 s for 8 chunks of 1,000 characters on the 2-core benchmark machine, against
-# 4-6 s for a whole 64-chunk batch. Smaller turns cost no throughput there (64 such chunks: 2.1 s
-# as one call, 1.95 s in turns of 8, 1.75 s in turns of 1; interleaved, three rounds).
-FAIR_SLICE = 8
+# Characters one turn on the model's thread takes (one text at least): about one 1,000-character
+# chunk. A search queued behind other users' documents waits for the turn running (turns.py): one
+# chunk, ~30 ms on the 2-core benchmark machine, where turns of 8 chunks made it wait ~0.25 s; short
+# texts still share a turn, and a batch. Turns this small cost no throughput (bench/fairness.py).
+TURN_CHARS = 1000
+
+
+def _turns_of(texts: list[str]) -> list[list[str]]:
+    """``texts`` in order, cut into turns of at most TURN_CHARS characters (one text at least)."""
+    turns: list[list[str]] = []
+    size = 0
+    for text in texts:
+        if not turns or size + len(text) > TURN_CHARS:
+            turns.append([])
+            size = 0
+        turns[-1].append(text)
+        size += len(text)
+    return turns
 
 
 class OfflineEmbedder:
@@ -154,7 +187,8 @@ class OfflineEmbedder:
     The model is loaded lazily, in a worker thread, on the first ``embed``.
     Inference runs in a worker thread too (one at a time per instance, since
     onnxruntime already uses every core), so the event loop never blocks, in
-    turns of ``FAIR_SLICE`` texts, so that concurrent callers take turns.
+    turns of about one chunk shared fairly between users (turns.py): a user's
+    search waits for one turn, however many other users are adding.
 
     A call waits at most ``timeout`` seconds, queueing for the thread included,
     then raises EmbeddingError. A thread cannot be stopped, so one already
@@ -166,7 +200,6 @@ class OfflineEmbedder:
         self,
         *,
         dimensions: int = DEFAULT_DIMENSIONS,
-        batch_size: int = 32,
         threads: int | None = None,
         timeout: float = DEFAULT_EMBEDDING_TIMEOUT,
     ) -> None:
@@ -175,15 +208,12 @@ class OfflineEmbedder:
                 f"offline model produces {MINILM_NATIVE_DIMENSIONS}-d vectors; "
                 "dimensions must be at least that"
             )
-        if batch_size < 1:
-            raise ValueError("batch_size must be positive")
         self._dimensions = dimensions
-        self._batch_size = batch_size
         self._threads = threads
         self._timeout = check_timeout(timeout)
         self._loaded: _MiniLM | None = None
         self._load_lock = threading.Lock()
-        self._limiter: anyio.CapacityLimiter | None = None
+        self._turns = FairTurns()
 
     @property
     def model(self) -> str:
@@ -193,24 +223,17 @@ class OfflineEmbedder:
     def dimensions(self) -> int:
         return self._dimensions
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+    async def embed(self, texts: Sequence[str], *, user: uuid.UUID | None = None) -> list[list[float]]:
         items = check_texts(texts)
         if not items:
             return []
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(1)
         vectors: list[list[float]] = []
         with anyio.move_on_after(self._timeout):
-            # Slice by slice, queueing (first come, first served) for the thread before each: a
-            # search that arrives while another user's document is being embedded waits for one
-            # slice, not for the whole batch.
-            for start in range(0, len(items), FAIR_SLICE):
-                vectors += await anyio.to_thread.run_sync(
-                    self._embed_sync,
-                    items[start : start + FAIR_SLICE],
-                    limiter=self._limiter,
-                    abandon_on_cancel=True,
-                )
+            # Turn by turn, each this user's turn on the thread, costing its characters: a search
+            # that arrives while other users' documents are being embedded waits for one chunk.
+            for part in _turns_of(items):
+                async with self._turns.turn(user, max(1, sum(map(len, part)))):
+                    vectors += await anyio.to_thread.run_sync(self._embed_sync, part, abandon_on_cancel=True)
             return vectors
         raise EmbeddingError(f"offline embedding model did not finish within {seconds(self._timeout)}")
 
@@ -220,7 +243,7 @@ class OfflineEmbedder:
     def _embed_sync(self, texts: list[str]) -> list[list[float]]:
         model = self._load()
         try:
-            vectors = model.encode(texts, self._batch_size)
+            vectors = model.encode(texts)
         except EmbeddingError:
             raise
         except Exception as exc:  # onnxruntime / tokenizers failures
@@ -325,7 +348,7 @@ class HashingEmbedder:
     def dimensions(self) -> int:
         return self._dimensions
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+    async def embed(self, texts: Sequence[str], *, user: uuid.UUID | None = None) -> list[list[float]]:
         items = check_texts(texts)
         if not items:
             return []

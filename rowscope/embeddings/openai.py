@@ -7,6 +7,7 @@ import math
 import random
 import re
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -120,7 +121,8 @@ class OpenAIEmbedder:
     def dimensions(self) -> int:
         return self._dimensions
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+    async def embed(self, texts: Sequence[str], *, user: uuid.UUID | None = None) -> list[list[float]]:
+        # ``user`` is not sent: the API answers concurrent requests, and user ids stay here.
         items = check_texts(texts)
         for i, text in enumerate(items):
             if not text.strip():

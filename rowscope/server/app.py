@@ -12,7 +12,6 @@ import gc
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
 from mcp.server.mcpserver import MCPServer
@@ -27,12 +26,14 @@ from rowscope import __version__
 from rowscope.auth import authorize, metadata, oidc, register, revoke, token
 from rowscope.auth.cimd import ClientDocumentFetcher
 from rowscope.auth.context import AuthContext
+from rowscope.auth.purge import Purger
 from rowscope.auth.resource import BearerGuard
 from rowscope.auth.token_cache import TokenCache
 from rowscope.auth.verifier import RowscopeVerifier
 from rowscope.db.engine import Database, DatabaseUrl
 from rowscope.db.policy import load_policy
 from rowscope.embeddings import build_embedder
+from rowscope.server import home
 from rowscope.server.direct import DirectToolCalls
 from rowscope.server.runtime import Runtime
 from rowscope.server.settings import Settings
@@ -90,7 +91,9 @@ def build_mcp(runtime: Runtime) -> MCPServer[Runtime]:
                 finally:
                     tasks.cancel_scope.cancel()
         finally:
-            await runtime.close()
+            # Also when the server was cancelled (stdio's stop on a signal): close the pools anyway.
+            with anyio.move_on_after(10, shield=True):
+                await runtime.close()
 
     server: MCPServer[Runtime] = MCPServer(
         "rowscope",
@@ -107,12 +110,9 @@ def build_http_app(runtime: Runtime) -> McpFirst:
     """rowscope over HTTP: its OAuth 2.1 authorization server and, behind the bearer guard, MCP."""
     settings = runtime.settings
     server = build_mcp(runtime)
-    public_host = urlsplit(settings.base_url).netloc
     security = TransportSecuritySettings(
         enable_dns_rebinding_protection=True,
-        allowed_hosts=sorted(
-            {public_host, f"127.0.0.1:{settings.port}", f"localhost:{settings.port}", *settings.allowed_hosts}
-        ),
+        allowed_hosts=sorted(settings.host_resources),  # each with its resource identifier
         allowed_origins=sorted({settings.base_url, *(f"https://{h}" for h in settings.allowed_hosts)}),
     )
     mcp_app: ASGIApp = server.streamable_http_app(
@@ -122,8 +122,12 @@ def build_http_app(runtime: Runtime) -> McpFirst:
         transport_security=security,
         host=settings.host,
     )
-    fetcher = ClientDocumentFetcher(allow_private_addresses=settings.allow_private_client_documents)
-    auth = AuthContext(settings=settings, database=runtime.database, fetcher=fetcher)
+    fetcher = ClientDocumentFetcher(
+        allow_private_addresses=settings.allow_private_client_documents,
+        max_concurrent=settings.client_document_max_fetches,
+        per_minute=settings.client_document_fetches_per_minute,
+    )
+    auth = AuthContext(settings=settings, database=runtime.database, fetcher=fetcher, hashing=runtime.hashing)
     # LISTEN cannot work through pgbouncer in transaction mode: there, every request is verified.
     cache = None if runtime.database.url.pgbouncer else TokenCache(runtime.database.url.libpq)
     if settings.direct_tool_calls:
@@ -138,7 +142,7 @@ def build_http_app(runtime: Runtime) -> McpFirst:
         mcp_app,
         RowscopeVerifier(runtime.database, settings.resource_url, cache),
         resource_url=settings.resource_url,
-        metadata_url=f"{settings.base_url}/.well-known/oauth-protected-resource/mcp",
+        host_resources=settings.host_resources,
         write_tools=frozenset(spec.fn.__name__ for spec in TOOLS if spec.writes),
     )
 
@@ -150,6 +154,7 @@ def build_http_app(runtime: Runtime) -> McpFirst:
         async with server.session_manager.run(), anyio.create_task_group() as tasks:
             if cache is not None:
                 await tasks.start(cache.listen)
+            await tasks.start(Purger(runtime.database, settings).run)
             # Everything built so far (modules, SQLAlchemy's and pydantic's schemas, the policy, the
             # pools) lives as long as the process: out of the collector's reach, so a full
             # collection no longer walks ~155,000 objects, ~80 ms with every request waiting (the
@@ -162,6 +167,7 @@ def build_http_app(runtime: Runtime) -> McpFirst:
                 await fetcher.aclose()
 
     routes = [
+        *home.routes(settings),
         Route("/health", health),
         *metadata.routes(auth),
         *register.routes(auth),

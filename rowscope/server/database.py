@@ -4,11 +4,17 @@ schema that is behind, rather than failing on the first tool call."""
 
 from __future__ import annotations
 
+import getpass
 import logging
+import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from sqlalchemy.exc import DBAPIError
 
 from rowscope.db import migrate
 from rowscope.db.engine import Database, DatabaseUrl
@@ -48,32 +54,43 @@ def resolve_database(settings: Settings, *, migrate_embedded: bool = True) -> Re
         embedded = EmbeddedPostgres(settings.data_dir)
     url = embedded.url()
     if migrate_embedded:
-        migrate.upgrade(url)
+        with database_failures(url):
+            migrate.upgrade(url)
     return ResolvedDatabase(url=url, embedded=embedded)
 
 
 def require_current_schema(url: str) -> None:
-    try:
+    with database_failures(url):
         behind = migrate.pending(DatabaseUrl.parse(url).sqlalchemy)
-    except Exception as exc:
-        if said_statement_mode(exc):  # the schema check is the first transaction a pooler sees
-            raise DatabaseSetupError(f"refusing to serve: {statement_mode_refused(_origin(exc))}") from None
-        raise DatabaseSetupError(f"cannot reach the database: {_reason(_origin(exc))}") from None
     if behind:
         raise DatabaseSetupError("the database schema is not up to date: run `rowscope migrate` first")
 
 
-def require_lock_two(settings: Settings, url: str) -> None:
-    """Refuse to serve where row-level security could not hold (``db/guard.py``), in one line."""
+def require_servable(settings: Settings, url: str) -> None:
+    """Refuse to serve, in one line, where the policy does not match the database (a table or
+    column it names is missing) or row-level security could not hold (``db/guard.py``). Run once
+    before serving (by ``stdio``, and by ``serve`` or the parent of its workers), so a failure is
+    the CLI's one line and not a traceback from inside a server's lifespan."""
     import anyio
 
-    from rowscope.db.policy import load_policy
+    from rowscope.db.policy import PolicyError, load_policy, policy_origin
     from rowscope.server.app import tool_url
+    from rowscope.server.runtime import compile_policy
+
+    policy = load_policy(settings.policy)
+    database = Database(DatabaseUrl.parse(url), tool_url=tool_url(settings), pool_size=1)
 
     async def check() -> None:
-        database = Database(DatabaseUrl.parse(url), tool_url=tool_url(settings), pool_size=1)
         try:
-            await database.verify(load_policy(settings.policy).table_names())
+            with database_failures(database.url):
+                try:
+                    await compile_policy(database, policy)
+                except PolicyError as exc:
+                    raise PolicyError(
+                        f"{policy_origin(settings.policy)} does not match the database: {exc}"
+                    ) from None
+            with database_failures(database.tool_url, tool=True):
+                await database.verify(policy.table_names())
         finally:
             await database.dispose()
 
@@ -81,14 +98,76 @@ def require_lock_two(settings: Settings, url: str) -> None:
         anyio.run(check)
     except LockRefused as exc:
         raise DatabaseSetupError(f"refusing to serve: {exc}") from None
-    except psycopg.OperationalError as exc:
-        where = DatabaseUrl.parse(url).as_role(TOOL_ROLE) if settings.tool_database_url is None else None
-        role = where.user if where is not None else "the ROWSCOPE_TOOL_DATABASE_URL role"
-        raise DatabaseSetupError(
-            f"cannot connect as the tool role ({role}): {_reason(exc)}. After `rowscope migrate` the "
-            "role logs in; give it a password with ROWSCOPE_TOOL_DATABASE_URL (and `rowscope migrate`) "
-            "where the server asks for one"
-        ) from None
+
+
+@contextmanager
+def database_failures(url: str | DatabaseUrl, *, tool: bool = False) -> Iterator[None]:
+    """Every start path's one translation of a database failure into one line
+    (:class:`DatabaseSetupError`): where (server, database, role) and why in plain words. ``tool``:
+    the role is the tool role that ``rowscope migrate`` creates, so say how it logs in."""
+    try:
+        yield
+    except (DBAPIError, psycopg.Error) as exc:
+        origin = _origin(exc)
+        if said_statement_mode(origin):  # the first transaction a pooler in statement mode sees
+            raise DatabaseSetupError(f"refusing to serve: {statement_mode_refused(origin)}") from None
+        parsed = url if isinstance(url, DatabaseUrl) else DatabaseUrl.parse(url)
+        message = describe_failure(parsed, origin)
+        if tool and isinstance(origin, psycopg.OperationalError):
+            message += (
+                f" ({TOOL_ROLE} is the tool transactions' login: `rowscope migrate` creates it; where the "
+                "server asks for a password, give it one in ROWSCOPE_TOOL_DATABASE_URL and run "
+                "`rowscope migrate` once)"
+            )
+        raise DatabaseSetupError(message) from None
+
+
+def describe_failure(url: DatabaseUrl, exc: BaseException) -> str:
+    """``exc`` from reaching or using the database at ``url``, in one line. A connection failure is
+    "cannot connect to database D on HOST:PORT as role R: why", the why in plain words where libpq's
+    message is a known one (wrong password, refused, no such database or role, ...), else libpq's own
+    words; any other error is the server's first line. Never a password: the URL's is not read, and
+    neither libpq's nor the server's messages carry one."""
+    where = _where(url)
+    if not isinstance(exc, psycopg.OperationalError) or isinstance(exc, psycopg.errors.QueryCanceled):
+        return f"{where}: {_reason(exc)}"
+    return f"cannot connect to {where}: {_why(exc)}"
+
+
+def _where(url: DatabaseUrl) -> str:
+    params = {k: str(v) for k, v in conninfo_to_dict(url.libpq).items() if v is not None}
+    user = params.get("user") or getpass.getuser()  # libpq's defaults
+    host = params.get("host") or "localhost"
+    server = f"the socket in {host}" if host.startswith("/") else f"{host}:{params.get('port') or 5432}"
+    return f"database {params.get('dbname') or user!r} on {server} as role {user!r}"
+
+
+_WHY = (
+    (re.compile(r"password authentication failed"), "wrong password"),
+    (re.compile(r"no password supplied"), "the server asks for a password and none was given"),
+    (re.compile(r'database "([^"]*)" does not exist'), "there is no database {0!r} on that server"),
+    (re.compile(r'role "([^"]*)" does not exist'), "there is no role {0!r} on that server"),
+    (re.compile(r"Connection refused"), "connection refused: no PostgreSQL listens there"),
+    (re.compile(r"socket .* failed: No such file or directory"), "no PostgreSQL socket there"),
+    (
+        re.compile(r"could not translate host name|failed to resolve host|Name or service not known"),
+        "unknown host name",
+    ),
+    (re.compile(r"timeout expired|timed out"), "no answer (the connection timed out)"),
+    (re.compile(r"no pg_hba\.conf entry"), "the server's pg_hba.conf admits no such connection"),
+    (re.compile(r"too many clients|connection slots are reserved"), "the server has no connection left"),
+)
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc)
+    for pattern, why in _WHY:
+        found = pattern.search(text)
+        if found:
+            return why.format(*found.groups())
+    # libpq's own reason: what follows "... failed: " on the first line, without "FATAL:".
+    reason = _reason(exc).rpartition("failed: ")[2] or _reason(exc)
+    return re.sub(r"^(FATAL|ERROR):\s+", "", reason)
 
 
 def _origin(exc: BaseException) -> BaseException:
@@ -98,5 +177,5 @@ def _origin(exc: BaseException) -> BaseException:
 
 
 def _reason(exc: BaseException) -> str:
-    """libpq's own first line (it names host and role; it never carries a password)."""
+    """The first line of the driver's or server's message (it never carries a password)."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

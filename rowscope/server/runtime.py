@@ -1,5 +1,6 @@
-"""What a running rowscope holds: the database pool, the compiled policy, the embedder and, when the
-knowledge store defers indexing, the background indexer (run by the MCP server's lifespan).
+"""What a running rowscope holds: the database pool, the compiled policy, the embedder, the limiter
+of password verifications and, when the knowledge store defers indexing, the background indexer
+(run by the MCP server's lifespan).
 
 Built by :func:`rowscope.server.app.build` from the settings, started inside the MCP server's
 lifespan (which reflects the policy's tables), and reached by tools through
@@ -12,8 +13,10 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 
+import anyio
 from sqlalchemy import MetaData
 
+from rowscope.auth import passwords
 from rowscope.db.engine import Database
 from rowscope.db.indexer import Indexer
 from rowscope.db.policy import CompiledPolicy, PolicyFile
@@ -32,6 +35,10 @@ class Runtime:
     # The one user every request runs as on stdio; None over HTTP, where the token names the user.
     stdio_user: uuid.UUID | None = None
     _policy: CompiledPolicy | None = field(default=None, init=False)
+    # Sign-ins' argon2 verifications run in worker threads, this many at a time (auth/passwords.py).
+    hashing: anyio.CapacityLimiter = field(
+        default_factory=lambda: anyio.CapacityLimiter(passwords.CONCURRENCY)
+    )
     # Built by start() when the policy's knowledge store has an indexed_column; None otherwise.
     indexer: Indexer | None = field(default=None, init=False)
 
@@ -44,15 +51,9 @@ class Runtime:
     async def start(self) -> None:
         if self._policy is not None:
             return
-        import pgvector.sqlalchemy  # noqa: F401  (teaches reflection the vector type)
-
-        metadata = MetaData()
-        tables = self.policy_file.table_names()
-        async with self.database.engine.connect() as conn:
-            # A callable `only` skips absent tables, so CompiledPolicy can name them in its error.
-            await conn.run_sync(lambda sync: metadata.reflect(sync, only=lambda name, _: name in tables))
-        self._policy = CompiledPolicy(self.policy_file, metadata)
-        await self.database.verify(tables)  # lock 2 holds for every table, or refuse (db/guard.py)
+        self._policy = await compile_policy(self.database, self.policy_file)
+        # lock 2 holds for every table, or refuse (db/guard.py)
+        await self.database.verify(self.policy_file.table_names())
         knowledge = self.policy_file.knowledge
         if knowledge is not None and knowledge.indexed_column is not None:
             self.indexer = Indexer(
@@ -65,3 +66,16 @@ class Runtime:
     async def close(self) -> None:
         await self.embedder.aclose()
         await self.database.dispose()
+
+
+async def compile_policy(database: Database, policy_file: PolicyFile) -> CompiledPolicy:
+    """The policy bound to the database's tables, reflected; :class:`PolicyError` names a table or
+    column the policy needs and the database does not have."""
+    import pgvector.sqlalchemy  # noqa: F401  (teaches reflection the vector type)
+
+    metadata = MetaData()
+    tables = policy_file.table_names()
+    async with database.engine.connect() as conn:
+        # A callable `only` skips absent tables, so CompiledPolicy can name them in its error.
+        await conn.run_sync(lambda sync: metadata.reflect(sync, only=lambda name, _: name in tables))
+    return CompiledPolicy(policy_file, metadata)

@@ -8,6 +8,7 @@ other tools already use keep their usual names: ``DATABASE_URL``, ``OPENAI_API_K
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -86,6 +87,13 @@ class Settings(BaseSettings):
             "the public URL's host is always allowed."
         ),
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description=(
+            'Addresses or networks (JSON list, e.g. ["10.0.0.0/8"]) of reverse proxies whose '
+            "X-Forwarded-For names the client. Unset: nobody's; the peer address is the client's."
+        ),
+    )
 
     access_token_ttl: int = Field(
         default=3600, ge=60, le=86400, description="Access-token lifetime, seconds."
@@ -122,9 +130,62 @@ class Settings(BaseSettings):
         default=False,
         description="Fetch client metadata documents from private and loopback addresses (tests only).",
     )
+    client_document_max_fetches: int = Field(
+        default=8,
+        ge=1,
+        description="Client metadata document fetches one process runs at once; more are refused (503).",
+    )
+    client_document_fetches_per_minute: int = Field(
+        default=60,
+        ge=1,
+        description="Client metadata document fetches one process starts per minute; more are refused (503).",
+    )
+    register_max_per_address: int = Field(
+        default=60,
+        ge=1,
+        description="Dynamic client registrations from one client address within register_window; "
+        "more are refused (429 with Retry-After).",
+    )
+    register_window: int = Field(
+        default=600, ge=1, le=86400, description="Seconds a registration counts against its address."
+    )
+    max_unused_clients: int = Field(
+        default=1000,
+        ge=1,
+        description="Registered clients younger than unused_client_ttl that never got a token; at this "
+        "many, registration is refused (429 with Retry-After) until one is used or ages out.",
+    )
+    unused_client_ttl: int = Field(
+        default=86400,
+        ge=60,
+        description="Seconds a registered client that never got a token is kept; then it is purged.",
+    )
+    purge_interval: float = Field(
+        default=3600.0,
+        gt=0,
+        le=86400,
+        description="Seconds between the server's purges of expired codes, tokens, sessions and "
+        "unused clients (also `rowscope purge`).",
+    )
 
     max_content_chars: int = Field(
         default=2_000_000, ge=1, description="Largest text add_training_content accepts."
+    )
+    training_max_chunks: int = Field(
+        default=3000,
+        ge=0,
+        description="New chunks one user may add within training_window (chunks a spark already has "
+        "are free); over it add_training_content fails, saying when to try again, and changes "
+        "nothing. 0: no limit.",
+    )
+    training_window: int = Field(
+        default=60, ge=1, le=86400, description="Seconds an added chunk counts against training_max_chunks."
+    )
+    training_max_stored_chunks: int = Field(
+        default=50_000,
+        ge=0,
+        description="Chunks the items one user added may hold in all (remove_training_content frees "
+        "them); over it add_training_content fails and changes nothing. 0: no limit.",
     )
     index_batch_size: int = Field(
         default=200,
@@ -165,6 +226,18 @@ class Settings(BaseSettings):
     def _no_trailing_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"ROWSCOPE_TRUSTED_PROXIES: {entry!r} is not an IP address or network"
+                ) from None
+        return value
+
     @field_validator("secret_key")
     @classmethod
     def _long_secret_key(cls, value: SecretStr | None) -> SecretStr | None:
@@ -193,6 +266,17 @@ class Settings(BaseSettings):
         if "openid" not in value.split():
             raise ValueError("ROWSCOPE_OIDC_SCOPES must include openid (OpenID Connect Core §3.1.2.1)")
         return value
+
+    @model_validator(mode="after")
+    def _base_url_needs_key(self) -> Settings:
+        # Without a key rowscope would embed offline, with vectors that the endpoint's never meet:
+        # an endpoint named but unused is a mistake to say at start, not a fallback to make silently.
+        if self.openai_base_url and not self.openai_api_key:
+            raise ValueError(
+                "OPENAI_BASE_URL is set but OPENAI_API_KEY is not: set the key too (any non-empty "
+                "value for a server that needs none), or unset OPENAI_BASE_URL to embed offline"
+            )
+        return self
 
     @model_validator(mode="after")
     def _oidc_complete(self) -> Settings:
@@ -225,3 +309,16 @@ class Settings(BaseSettings):
     def resource_url(self) -> str:
         """The exact public URL of the MCP endpoint (an RFC 8707 resource identifier)."""
         return f"{self.base_url}/mcp"
+
+    @property
+    def host_resources(self) -> dict[str, str]:
+        """Each accepted ``Host`` value and the resource identifier of the MCP endpoint reached on it:
+        the public URL's host (its resource_url), loopback by name and by address on this port
+        (http), and the extra allowed hosts (with the public URL's scheme). The DNS-rebinding
+        protection accepts exactly these hosts."""
+        scheme = urlsplit(self.base_url).scheme
+        resources = {host.lower(): f"{scheme}://{host}/mcp" for host in self.allowed_hosts}
+        for host in (f"127.0.0.1:{self.port}", f"localhost:{self.port}"):
+            resources[host] = f"http://{host}/mcp"
+        resources[urlsplit(self.base_url).netloc.lower()] = self.resource_url
+        return resources

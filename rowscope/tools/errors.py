@@ -18,7 +18,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from psycopg_pool import PoolTimeout
 from sqlalchemy.exc import DBAPIError, OperationalError, TimeoutError
 
-from rowscope.db.filters import FilterError
+from rowscope.db.filters import NOT_UNICODE, FilterError
 from rowscope.db.guard import LockRefused
 from rowscope.embeddings import EmbeddingError
 
@@ -47,6 +47,8 @@ def translated(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             return await fn(*args, **kwargs)
         except (ToolFailure, FilterError, EmbeddingError) as exc:
             raise ToolError(str(exc)) from None
+        except UnicodeEncodeError:  # text no database can store (a lone surrogate) that no check caught
+            raise ToolError(f"{NOT_UNICODE}; nothing was changed") from None
         except LockRefused as exc:  # fail closed (db/guard.py): the reason is for the operator
             log.error("refused in %s: %s", fn.__name__, exc)
             raise ToolError(MISCONFIGURED) from None

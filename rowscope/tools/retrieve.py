@@ -62,7 +62,7 @@ async def search_knowledge(
     if spark_id is not None:
         async with rt.database.user_transaction(user) as conn:
             await require_spark(ctx, store, conn, spark_id, "read")
-    (vector,) = await rt.embedder.embed([query])
+    (vector,) = await rt.embedder.embed([query], user=user)
     async with rt.database.user_transaction(user) as conn:
         hits = await store.search(
             conn,

@@ -6,7 +6,8 @@ batches (with progress notifications) and inserted in one transaction with ``ON 
 NOTHING``. Embedding happens before the transaction opens, so a failing embedder adds nothing and
 holds no locks. The item id is derived from the spark and the text, so adding the same text again
 returns the same item with zero chunks added. New chunks are searchable as soon as they commit; the
-background indexer, woken right after, adds them to the HNSW graph (db/indexer.py).
+background indexer, woken right after, adds them to the HNSW graph (db/indexer.py). The new chunks
+count against the user's limits (tools/quota.py), checked and recorded before they are embedded.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from mcp.server.mcpserver import Context
 from pydantic import BaseModel, Field
 
 from rowscope.embeddings.chunking import chunk_text
+from rowscope.tools import quota
 from rowscope.tools.context import current_user, runtime
 from rowscope.tools.errors import ToolFailure, translated
 from rowscope.tools.retrieve import SourceType
@@ -75,38 +77,43 @@ async def add_training_content(
         unique.setdefault(chunk.sha256, chunk)
     chunks = list(unique.values())
 
+    record: uuid.UUID | None = None
     async with rt.database.user_transaction(user) as conn:
         await require_spark(ctx, store, conn, spark_id, "write")
         known = await store.existing_hashes(conn, spark_id, list(unique))
-    fresh = [c for c in chunks if c.sha256 not in known]
+        fresh = [c for c in chunks if c.sha256 not in known]
+        if fresh:  # within the user's limits, or refused here, before anything is embedded
+            record = await quota.reserve(conn, rt.settings, store, user, spark_id, item_id, len(fresh))
 
-    vectors: list[list[float]] = []
-    batch = rt.settings.embedding_batch_size
-    for start in range(0, len(fresh), batch):
-        vectors += await rt.embedder.embed([c.text for c in fresh[start : start + batch]])
-        if len(fresh) > batch:
-            await ctx.report_progress(
-                len(vectors), len(fresh), f"embedded {len(vectors)} of {len(fresh)} chunks"
-            )
-
-    rows = [
-        store.row(
-            spark_id,
-            c.text,
-            c.sha256,
-            source_type,
-            str(item_id),
-            v,
-            rt.embedder.model,
-            {"item_id": str(item_id), "title": title, "chunk_index": c.index, "chunk_count": len(chunks)},
-        )
-        for c, v in zip(fresh, vectors, strict=True)
-    ]
     added = 0
-    if rows:
-        async with rt.database.user_transaction(user) as conn:
-            await require_spark(ctx, store, conn, spark_id, "write")
-            added = await store.insert(conn, rows)
+    if record is not None:
+        async with quota.released_unless_done(rt.database, user, record):
+            vectors: list[list[float]] = []
+            batch = rt.settings.embedding_batch_size
+            for start in range(0, len(fresh), batch):
+                vectors += await rt.embedder.embed([c.text for c in fresh[start : start + batch]], user=user)
+                if len(fresh) > batch:
+                    await ctx.report_progress(
+                        len(vectors), len(fresh), f"embedded {len(vectors)} of {len(fresh)} chunks"
+                    )
+            metadata = {"item_id": str(item_id), "title": title, "chunk_count": len(chunks)}
+            rows = [
+                store.row(
+                    spark_id,
+                    c.text,
+                    c.sha256,
+                    source_type,
+                    str(item_id),
+                    v,
+                    rt.embedder.model,
+                    metadata | {"chunk_index": c.index},
+                )
+                for c, v in zip(fresh, vectors, strict=True)
+            ]
+            async with rt.database.user_transaction(user) as conn:
+                await require_spark(ctx, store, conn, spark_id, "write")
+                added = await store.insert(conn, rows)
+                await quota.settle(conn, record, added)
         if added and rt.indexer is not None:
             rt.indexer.wake()  # committed: the background indexer puts the new chunks in the graph
     return TrainingAdded(
