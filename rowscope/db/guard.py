@@ -192,7 +192,7 @@ def statement_mode_refused(exc: BaseException) -> LockRefused:
     """The refusal for a connection that cannot hold a transaction open (``exc`` is what it said)."""
     return LockRefused(
         "the database connection cannot hold a transaction open: a pooler in statement mode "
-        f"(pgbouncer's pool_mode = statement; it said: {_first_line(exc)}). rowscope needs "
+        f"(pgbouncer's pool_mode = statement; it said: {first_line(exc)}). rowscope needs "
         "session or transaction pooling, or a direct connection"
     )
 
@@ -207,5 +207,6 @@ def said_statement_mode(exc: BaseException) -> bool:
     return False
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of the driver's or server's message (it never carries a password)."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

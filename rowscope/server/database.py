@@ -18,7 +18,13 @@ from sqlalchemy.exc import DBAPIError
 
 from rowscope.db import migrate
 from rowscope.db.engine import Database, DatabaseUrl
-from rowscope.db.guard import TOOL_ROLE, LockRefused, said_statement_mode, statement_mode_refused
+from rowscope.db.guard import (
+    TOOL_ROLE,
+    LockRefused,
+    first_line,
+    said_statement_mode,
+    statement_mode_refused,
+)
 from rowscope.server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -130,7 +136,7 @@ def describe_failure(url: DatabaseUrl, exc: BaseException) -> str:
     neither libpq's nor the server's messages carry one."""
     where = _where(url)
     if not isinstance(exc, psycopg.OperationalError) or isinstance(exc, psycopg.errors.QueryCanceled):
-        return f"{where}: {_reason(exc)}"
+        return f"{where}: {first_line(exc)}"
     return f"cannot connect to {where}: {_why(exc)}"
 
 
@@ -166,7 +172,8 @@ def _why(exc: BaseException) -> str:
         if found:
             return why.format(*found.groups())
     # libpq's own reason: what follows "... failed: " on the first line, without "FATAL:".
-    reason = _reason(exc).rpartition("failed: ")[2] or _reason(exc)
+    line = first_line(exc)
+    reason = line.rpartition("failed: ")[2] or line
     return re.sub(r"^(FATAL|ERROR):\s+", "", reason)
 
 
@@ -174,8 +181,3 @@ def _origin(exc: BaseException) -> BaseException:
     """The driver's own error under SQLAlchemy's wrapper (whose text adds the SQL and a link)."""
     orig = getattr(exc, "orig", None)
     return orig if isinstance(orig, BaseException) else exc
-
-
-def _reason(exc: BaseException) -> str:
-    """The first line of the driver's or server's message (it never carries a password)."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -127,7 +127,7 @@ async def settle(conn: AsyncConnection, record: uuid.UUID, added: int) -> None:
     if added:
         await conn.execute(update(TrainingAddition).where(TrainingAddition.id == record).values(chunks=added))
     else:
-        await conn.execute(delete(TrainingAddition).where(TrainingAddition.id == record))
+        await release(conn, record)
 
 
 async def release(conn: AsyncConnection, record: uuid.UUID) -> None:
