@@ -403,7 +403,7 @@ async def test_read_shaped_refuses_values_that_are_not_the_statements_parameters
 
     def build(title: str) -> Callable[[], Any]:
         def built() -> Any:
-            scope = rt.policy.model_scope("PortfolioItem", CAROL, exposed.table)
+            scope = rt.policy.model_scope("PortfolioItem", str(CAROL), exposed.table)
             return sa.select(exposed.columns["id"]).where(
                 scope, exposed.columns["title"] == sa.bindparam("t", title)
             )

@@ -718,7 +718,7 @@ async def test_a_kept_read_shape_is_rebound_to_each_user_and_built_once(
     def builder(user: uuid.UUID) -> Any:
         def build() -> Any:
             built.append(user)
-            scope = rt.policy.model_scope("PortfolioItem", user, exposed.table)
+            scope = rt.policy.model_scope("PortfolioItem", str(user), exposed.table)
             return sa.select(exposed.columns["id"]).where(scope)
 
         return build
@@ -759,7 +759,7 @@ async def test_the_compiled_scope_alone_selects_exactly_the_users_rows(
     """Spec-required (ARCHITECTURE lock 1): run as the superuser, so RLS cannot mask a scope bug."""
     exposed = rt.policy.models[model]
     for user in USERS.values():
-        statement = sa.select(exposed.table.c.id).where(rt.policy.model_scope(model, user, exposed.table))
+        statement = sa.select(exposed.table.c.id).where(rt.policy.model_scope(model, str(user), exposed.table))
         with admin.connect() as conn:
             got = set(conn.execute(statement).scalars())
         assert got == visible_ids(admin, model, user), (model, user)

@@ -27,7 +27,6 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from sqlalchemy import event, text
-from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.engine.interfaces import Compiled
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -37,6 +36,7 @@ from rowscope.db import guard
 from rowscope.db.guard import TOOL_ROLE
 from rowscope.db.policy import USER_PARAM
 from rowscope.db.reads import ReadConnection, ReadPool, Rows, read
+from rowscope.db.subjects import Caller
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ class DatabaseUrl:
 
 # The switch answers the backend pid too: guard.check_switch compares it with the connection's.
 SWITCH_TO_USER = text(
-    "SELECT set_config('role', :role, true), set_config('rowscope.user_id', :uid, true), pg_backend_pid()"
+    "SELECT set_config('role', :role, true), set_config('rowscope.user_id', :uid, true), "
+    "pg_backend_pid(), set_config('rowscope.subject', :subject, true)"
 )
 COMPILED_CACHE_SIZE = 512  # distinct read shapes kept compiled (the model's filters vary the shape)
 SHAPE_CACHE_SIZE = 512  # distinct read shapes (requests less the user and values) kept as ready SQL
@@ -101,6 +102,16 @@ class _Shaped:
     params: dict[str, Any]  # as sent, the user's (USER_PARAM, if the statement names one) to rebind
     values: frozenset[str]  # the parameters the caller binds anew on every request
     processors: dict[str, Any]  # those of them whose type has a bind processor -> that processor
+
+
+def switch_values(caller: Caller) -> dict[str, str]:
+    """The switch's parameters for a caller."""
+    return {"role": TOOL_ROLE, "uid": str(caller.account), "subject": caller.subject}
+
+
+def as_caller(who: Caller | uuid.UUID) -> Caller:
+    """A caller, or an account that is its own subject (Spark's users, rowscope's own jobs)."""
+    return who if isinstance(who, Caller) else Caller.own(who)
 
 
 class Database:
@@ -141,7 +152,6 @@ class Database:
         )
         event.listen(self.tool_engine.sync_engine, "connect", self._configure_tool)
         dialect = self.engine.dialect
-        self._user_bind = UUID(as_uuid=True).dialect_impl(dialect).bind_processor(dialect)
         # The switch as psycopg takes it, for the pipelined reads: one statement text, two forms.
         self._switch_sql = str(SWITCH_TO_USER.compile(dialect=dialect))
 
@@ -182,7 +192,7 @@ class Database:
             facts = await guard.require_lock_two(conn, tables)
         self._classify(facts)
 
-    async def _connect_as(self, user_id: uuid.UUID) -> AsyncConnection:
+    async def _connect_as(self, caller: Caller) -> AsyncConnection:
         """A pooled tool connection in a transaction already switched to the user. A connection
         found dead by that first statement (the database restarted), or on another server
         connection than its own (a pooler, guard.check_switch), is replaced once: nothing has run
@@ -190,9 +200,9 @@ class Database:
         for attempt in (1, 2):
             conn = await self.tool_engine.connect()
             try:
-                switched = await conn.execute(SWITCH_TO_USER, {"role": TOOL_ROLE, "uid": str(user_id)})
-                _, user, pid = switched.one()
-                guard.check_switch(user, pid, str(user_id), conn.info.get("rowscope_pid"))
+                switched = await conn.execute(SWITCH_TO_USER, switch_values(caller))
+                _, user, pid, _ = switched.one()
+                guard.check_switch(user, pid, str(caller.account), conn.info.get("rowscope_pid"))
             except guard.PoolerDetected:
                 self._pooler_seen("a tool transaction ran on another server connection than its own")
                 await conn.invalidate()
@@ -209,9 +219,10 @@ class Database:
         raise AssertionError("unreachable")
 
     @asynccontextmanager
-    async def user_transaction(self, user_id: uuid.UUID) -> AsyncIterator[AsyncConnection]:
-        """A transaction logged in as the tool role with ``rowscope.user_id`` set to ``user_id``."""
-        conn = await self._connect_as(user_id)
+    async def user_transaction(self, who: Caller | uuid.UUID) -> AsyncIterator[AsyncConnection]:
+        """A transaction logged in as the tool role with ``rowscope.user_id`` and
+        ``rowscope.subject`` set to the caller's (``db/subjects.py``)."""
+        conn = await self._connect_as(as_caller(who))
         try:
             try:
                 yield conn
@@ -222,7 +233,7 @@ class Database:
         finally:
             await conn.close()
 
-    async def read_as(self, user_id: uuid.UUID, statement: Select[Any]) -> list[dict[str, Any]]:
+    async def read_as(self, who: Caller | uuid.UUID, statement: Select[Any]) -> list[dict[str, Any]]:
         """The rows of one read statement, run in a user transaction exactly as
         :meth:`user_transaction` runs it (tool role, ``rowscope.user_id``, both transaction-local),
         but sent in one network write and one round trip: the switch and the statement go out
@@ -235,11 +246,11 @@ class Database:
         runs through :meth:`user_transaction` instead.
         """
         sql, params, _ = self._compile(statement)
-        return (await self._read(user_id, statement, sql, params)).dicts()
+        return (await self._read(as_caller(who), statement, sql, params)).dicts()
 
     async def read_shaped(
         self,
-        user_id: uuid.UUID,
+        who: Caller | uuid.UUID,
         shape: Hashable | None,
         build: Callable[[], Select[Any]],
         values: Mapping[str, Any] | None = None,
@@ -263,17 +274,18 @@ class Database:
         The rows come as tuples, in the order of the statement's columns: the caller built the
         statement, so it knows them, and psycopg makes each row in C, where a dict per row
         (``read_as``) costs a Python call per row."""
+        caller = as_caller(who)
         values = values or {}
         entry = self._shapes.get(shape) if shape is not None else None
         if entry is None:
             statement = build()
             sql, params, processors = self._compile(statement)
-            user = self._user_value(user_id)
+            user = caller.subject
             if params.get(USER_PARAM, user) != user:
                 raise RuntimeError("a read statement names another user than the one it runs as")
             # Not kept: no shape, a statement _compile cannot serve, or the user rendered into the SQL.
-            if sql is None or shape is None or (USER_PARAM not in params and str(user_id) in sql):
-                return (await self._read(user_id, statement, sql, params)).tuples
+            if sql is None or shape is None or (USER_PARAM not in params and user in sql):
+                return (await self._read(caller, statement, sql, params)).tuples
             if USER_PARAM in values or not values.keys() <= params.keys():
                 raise RuntimeError("a read's values must be parameters of its statement, not the user")
             processing = {name: process for name, process in processors.items() if name in values}
@@ -290,26 +302,22 @@ class Database:
             for name, process in entry.processors.items():
                 params[name] = process(params[name])
             if USER_PARAM in params:
-                params[USER_PARAM] = self._user_value(user_id)
-        return (await self._run(user_id, entry.sql, params)).tuples
+                params[USER_PARAM] = caller.subject
+        return (await self._run(caller, entry.sql, params)).tuples
 
     async def _read(
-        self, user_id: uuid.UUID, statement: Select[Any], sql: str | None, params: dict[str, Any]
+        self, caller: Caller, statement: Select[Any], sql: str | None, params: dict[str, Any]
     ) -> Rows:
         """Run ``statement`` as compiled by :meth:`_compile`: pipelined, or, when ``sql`` is None,
         through :meth:`user_transaction`."""
         if sql is None:
-            async with self.user_transaction(user_id) as conn:
+            async with self.user_transaction(caller) as conn:
                 result = await conn.execute(statement)
                 names = list(result.keys())
                 return Rows([tuple(row) for row in result], lambda: names)
-        return await self._run(user_id, sql, params)
+        return await self._run(caller, sql, params)
 
-    def _user_value(self, user_id: uuid.UUID) -> Any:
-        """The user's id as psycopg is sent it for USER_PARAM (its type's bind processor applied)."""
-        return user_id if self._user_bind is None else self._user_bind(user_id)
-
-    async def _run(self, user_id: uuid.UUID, sql: str, params: dict[str, Any]) -> Rows:
+    async def _run(self, caller: Caller, sql: str, params: dict[str, Any]) -> Rows:
         if self._reads.closed:
             await self._reads.open()  # the first read of the process opens the pool
         for attempt in (1, 2):
@@ -321,7 +329,7 @@ class Database:
             try:
                 if not raw.rowscope_checked:
                     await self._configure_read(raw)
-                return await read(raw, self._switch_sql, user_id, sql, params)
+                return await read(raw, self._switch_sql, switch_values(caller), sql, params)
             except guard.LockRefused:
                 await raw.close()  # refused: the pool replaces it, and the next one is checked again
                 raise

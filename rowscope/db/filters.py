@@ -6,18 +6,33 @@ The grammar (a subset of Prisma's ``where``):
 * ``{"field": {op: value, ...}}`` with ``equals, not, in, notIn, lt, lte, gt, gte, contains,
   startsWith, endsWith`` and ``mode: "insensitive"`` for text; ``not`` takes a value or a nested
   filter;
+* ``{"field": {op: value, ...}}`` on a list (PostgreSQL array) field, with Prisma's scalar-list
+  operators and no others: ``has`` (one value: the list holds it; ``@>``), ``hasSome`` (a list: the
+  list holds at least one of them; ``&&``), ``hasEvery`` (a list: the list holds all of them;
+  ``@>``), ``isEmpty`` (true or false; ``= '{}'`` or ``<> '{}'``), and ``equals`` (a list: the
+  whole list, in order, duplicates counted; ``{"field": [..]}`` for short) or ``null``;
 * ``AND`` (object or list), ``OR`` (list) and ``NOT`` (object or list) at any depth.
 
-Only the model's allowlisted scalar columns may be named; every value is converted to the column's
-type here, so a malformed uuid or a wrong type is a clear :class:`FilterError` and never reaches
-the database. The caller ANDs the result with the user's scope (``db/policy.py``); nothing here can
-widen it.
+Only the model's allowlisted columns of a filterable kind (:func:`column_kind`) may be named; every
+value is converted to the column's type here (a list's values to its element type), so a malformed
+uuid or a wrong type is a clear :class:`FilterError` and never reaches the database. The caller ANDs
+the result with the user's scope (``db/policy.py``); nothing here can widen it.
+
+List fields follow PostgreSQL, which is also what a GIN index on the column serves (``@>``, ``&&``
+and ``=`` are its operators): a list is a set of values for ``has``/``hasSome``/``hasEvery`` (order
+and duplicates do not matter; ``hasEvery: []`` matches every list, ``hasSome: []`` none); a value
+may not be ``null`` (a NULL element never matches). A NULL list (no list at all, not an empty one)
+matches none of these operators, ``isEmpty`` true or false included — as in Prisma — and ``NOT``
+around one does not match it either (SQL's unknown stays unknown, as ``NOT`` around ``in`` drops
+NULLs); ``{"field": null}`` finds those rows. Sorting on a list field orders as PostgreSQL orders
+arrays (element by element).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import datetime as dt
 import decimal
 import json
@@ -37,7 +52,9 @@ MAX_TEXT_VALUE = 1000
 
 COMPARISONS = ("equals", "not", "in", "notIn", "lt", "lte", "gt", "gte")
 TEXT_OPERATORS = ("contains", "startsWith", "endsWith")
-OPERATORS = (*COMPARISONS, *TEXT_OPERATORS, "mode")
+LIST_OPERATORS = ("has", "hasSome", "hasEvery", "isEmpty")
+LIST_FILTERS = ("equals", *LIST_OPERATORS)  # everything a list field takes
+OPERATORS = (*COMPARISONS, *TEXT_OPERATORS, "mode", *LIST_OPERATORS)
 
 
 class FilterError(ValueError):
@@ -46,8 +63,27 @@ class FilterError(ValueError):
 
 def column_kind(column: Column[Any]) -> str:
     """The filter-relevant kind of a column: uuid, text, integer, number, boolean, timestamp,
-    date, or other (selectable, never filterable)."""
+    date, array (a list of one of these: :func:`element_kind`), or other (selectable, never
+    filterable or sortable)."""
+    if isinstance(column.type, sqltypes.ARRAY):
+        return "array" if element_kind(column) != "other" else "other"
+    return _type_kind(column.type)
+
+
+def element_kind(column: Column[Any]) -> str:
+    """The kind of an array column's values; "other" for a column that is no array, or whose values
+    cannot be compared here: enums and fixed-length ``char(n)`` (which a bound value would be cast
+    to, and so cut short), and arrays of arrays."""
     t = column.type
+    if not isinstance(t, sqltypes.ARRAY):
+        return "other"
+    item = t.item_type
+    if isinstance(item, sqltypes.ARRAY | sqltypes.Enum | sqltypes.CHAR):
+        return "other"
+    return _type_kind(item)
+
+
+def _type_kind(t: Any) -> str:
     if isinstance(t, sqltypes.Uuid | postgresql.UUID):
         return "uuid"
     if isinstance(t, sqltypes.String):
@@ -160,6 +196,56 @@ def convert(column: Column[Any], field: str, value: Any) -> Any:
     return converter(field, value)
 
 
+# The bounds of PostgreSQL's integer types, checked for a list's values: unlike a scalar compared
+# with a wider integer, a list of them is cast to the column's array type, where a value out of
+# range is a database error.
+_INT_BOUNDS = ((sqltypes.SmallInteger, 2**15), (sqltypes.BigInteger, 2**63), (sqltypes.Integer, 2**31))
+
+
+def convert_list(
+    column: Column[Any], field: str, op: str, values: list[Any], *, cursor: bool = False
+) -> list[Any]:
+    """``values``, each converted to the element type of the array ``column``, for ``op``. A
+    ``cursor`` holds a row's whole list as this server wrote it: nulls kept, numbers as text."""
+    kind = element_kind(column)
+    what = f"{op} on {field}, a list of {kind} values"
+    item = column.type.item_type  # type: ignore[attr-defined]
+    bound = next((b for cls, b in _INT_BOUNDS if isinstance(item, cls)), 2**63)
+    converted: list[Any] = []
+    for value in values:
+        if value is None:
+            if not cursor:
+                raise FilterError(f"{what}: a value may not be null (a null in a list never matches)")
+            converted.append(None)
+            continue
+        if kind == "number" and cursor and isinstance(value, str):
+            converted.append(_cursor_number(value))
+            continue
+        try:
+            v = CONVERTERS[kind]("each value", value)
+        except FilterError as exc:
+            raise FilterError(f"{what}: {exc}") from None
+        if kind == "integer" and not -bound <= v < bound:
+            raise FilterError(f"{what}: each value is from {-bound} to {bound - 1}; got {v}")
+        converted.append(v)
+    return converted
+
+
+def bind_type(column: Column[Any]) -> Any:
+    """The type a value compared with ``column`` is bound as. For an array, the array of its element
+    type without length, precision or scale: SQLAlchemy casts a bound list to the type given, and a
+    cast to ``varchar(3)[]`` or ``numeric(5,2)[]`` would cut or round the assistant's values into
+    ones that match."""
+    t = column.type
+    if not isinstance(t, sqltypes.ARRAY):
+        return t
+    item = copy.copy(t.item_type)
+    for modifier in ("length", "precision", "scale"):
+        if getattr(item, modifier, None) is not None:
+            setattr(item, modifier, None)
+    return postgresql.ARRAY(item)
+
+
 # A filter is planned, then built. The plan is everything the SQL text depends on, as a hashable
 # *structure* of nested tuples naming allowlisted fields and fixed operators, and apart from it the
 # request's *values*, converted, each to be bound by the name the structure gives it ("v0", "v1",
@@ -246,12 +332,17 @@ class FilterPlanner:
 
     def _field(self, field: str, spec: Any, depth: int) -> Node:
         column = self._column(field)
+        if column_kind(column) == "array":
+            return self._list_field(column, field, spec)
         if not isinstance(spec, Mapping):
             self._count()
             return self._compare(column, field, "equals", spec)
         unknown = [op for op in spec if op not in OPERATORS]
         if unknown:
             raise FilterError(f"unknown operator {unknown[0]!r} on {field}; allowed: {', '.join(OPERATORS)}")
+        misplaced = [op for op in spec if op in LIST_OPERATORS]
+        if misplaced:
+            raise FilterError(f"{misplaced[0]} applies to list fields; {field} is not a list")
         mode = spec.get("mode", "default")
         if mode not in ("default", "insensitive"):
             raise FilterError("mode is 'default' or 'insensitive'")
@@ -300,6 +391,51 @@ class FilterPlanner:
             raise FilterError(f"{op} needs a value, not null")
         return (op, field, insensitive, self.bind(converted))
 
+    def _list_field(self, column: Column[Any], field: str, spec: Any) -> Node:
+        """A filter on a list (array) field: Prisma's scalar-list operators, as PostgreSQL's array
+        operators on one bound array each, so the list's length is a value, not structure."""
+        if not isinstance(spec, Mapping):
+            spec = {"equals": spec}
+        parts: list[Node] = []
+        for op, value in spec.items():
+            if op not in LIST_FILTERS:
+                what = f"{field} is a list of {element_kind(column)} values"
+                if op == "mode":
+                    raise FilterError(f"mode 'insensitive' applies to text fields; {what}")
+                if op not in OPERATORS:
+                    raise FilterError(
+                        f"unknown operator {op!r} on {field}; allowed: {', '.join(LIST_FILTERS)}"
+                    )
+                hint = "; for the opposite, wrap the filter in NOT" if op == "not" else ""
+                raise FilterError(
+                    f"{op} does not apply to {field}: {what}; allowed: {', '.join(LIST_FILTERS)}{hint}"
+                )
+            self._count()
+            if op == "isEmpty":
+                if not isinstance(value, bool):
+                    raise FilterError(f"isEmpty on {field} takes true or false, not {value!r}")
+                # Against a bound empty array rather than cardinality(), so a GIN index serves "= '{}'".
+                parts.append(("array", field, "=" if value else "<>", self.bind([])))
+                continue
+            if op == "equals" and value is None:
+                parts.append(("null", field))
+                continue
+            if op == "has":
+                if value is None or isinstance(value, list):
+                    raise FilterError(
+                        f"has on {field} takes one value, not {'null' if value is None else 'a list'}; "
+                        f"for a list use hasSome (any of them) or hasEvery (all of them)"
+                    )
+                values = [value]
+            elif not isinstance(value, list) or len(value) > MAX_IN_VALUES:
+                raise FilterError(f"{op} on {field} takes a list of at most {MAX_IN_VALUES} values")
+            else:
+                values = value
+            converted = convert_list(column, field, op, values)
+            sql_op = {"equals": "=", "hasSome": "&&"}.get(op, "@>")  # has and hasEvery: contains
+            parts.append(("array", field, sql_op, self.bind(converted)))
+        return ("and", tuple(parts))
+
     def after(self, order: list[tuple[str, str]], values: list[Any]) -> Node:
         """Rows strictly after the cursor row in ``order`` (keyset pagination): the structure names
         each key, its direction and whether the cursor's value there is NULL."""
@@ -332,6 +468,9 @@ class FilterBuilder:
 
     def build(self, node: Node) -> ColumnElement[bool]:
         kind = node[0]
+        if kind == "array":
+            column, sql_op, name = self.columns[node[1]], node[2], node[3]
+            return column.op(sql_op, is_comparison=True)(self.param(name, bind_type(column)))
         if kind == "true":
             return true()
         if kind == "and":
@@ -351,11 +490,11 @@ class FilterBuilder:
         target: Any = column_lower(column) if insensitive else column
         if kind in ("in", "notIn"):
             names, with_null = node[3], node[4]
-            clause = target.in_([self.param(n, column.type) for n in names]) if names else false()
+            clause = target.in_([self.param(n, bind_type(column)) for n in names]) if names else false()
             if with_null:
                 clause = or_(clause, column.is_(None))
             return clause if kind == "in" else not_(clause)
-        value = self.param(node[3], column.type)
+        value = self.param(node[3], bind_type(column))
         if kind == "like":
             return (
                 column.ilike(value, escape=LIKE_ESCAPE)
@@ -377,15 +516,17 @@ class FilterBuilder:
             ties = [
                 self.columns[f].is_(None)
                 if n is None
-                else self.columns[f] == self.param(n, self.columns[f].type)
+                else self.columns[f] == self.param(n, bind_type(self.columns[f]))
                 for f, _, n in keys[:i]
             ]
             if direction == "asc":
                 step = (
-                    false() if name is None else or_(column > self.param(name, column.type), column.is_(None))
+                    false()
+                    if name is None
+                    else or_(column > self.param(name, bind_type(column)), column.is_(None))
                 )
             else:
-                step = column.is_not(None) if name is None else column < self.param(name, column.type)
+                step = column.is_not(None) if name is None else column < self.param(name, bind_type(column))
             alternatives.append(and_(true(), *ties, step))
         return or_(false(), *alternatives)
 
@@ -415,6 +556,8 @@ def decode_cursor(cursor: str) -> tuple[list[tuple[str, str]], list[Any]]:
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
     if isinstance(value, uuid.UUID | decimal.Decimal):
         return str(value)
     if isinstance(value, dt.date):
@@ -423,9 +566,18 @@ def _jsonable(value: Any) -> Any:
 
 
 def _cursor_value(column: Column[Any], field: str, value: Any) -> Any:
-    if column_kind(column) == "number" and isinstance(value, str):
-        try:
-            return decimal.Decimal(value)
-        except decimal.InvalidOperation as exc:
-            raise FilterError("cursor is not one this server issued") from exc
+    kind = column_kind(column)
+    if kind == "number" and isinstance(value, str):
+        return _cursor_number(value)
+    if kind == "array":
+        if not isinstance(value, list):
+            raise FilterError("cursor is not one this server issued")
+        return convert_list(column, field, "the cursor", value, cursor=True)
     return convert(column, field, value)
+
+
+def _cursor_number(value: str) -> decimal.Decimal:
+    try:
+        return decimal.Decimal(value)
+    except decimal.InvalidOperation as exc:
+        raise FilterError("cursor is not one this server issued") from exc

@@ -159,9 +159,10 @@ async def require_lock_two(conn: psycopg.AsyncConnection[Any], tables: Iterable[
         sql.SQL(
             "SELECT name, c.relrowsecurity, c.relforcerowsecurity, "
             "c.oid IS NOT NULL AND pg_has_role(session_user, c.relowner, 'MEMBER') "
-            "FROM unnest(%s::text[]) AS name LEFT JOIN pg_class c ON c.oid = to_regclass(name)"
+            "FROM unnest(%s::text[], %s::text[]) AS t(name, quoted) "
+            "LEFT JOIN pg_class c ON c.oid = to_regclass(quoted)"
         ),
-        [names],
+        [names, [quoted(name) for name in names]],
         prepare=False,
     )
     for name, rls, forced, owns in await cursor.fetchall():
@@ -186,6 +187,11 @@ async def require_lock_two(conn: psycopg.AsyncConnection[Any], tables: Iterable[
             conn.info.backend_pid,
         )
     return facts
+
+
+def quoted(table: str) -> str:
+    """A policy's table name (``auth.users``, ``User``) as SQL names it, each part quoted."""
+    return ".".join('"' + part.replace('"', '""') + '"' for part in table.split("."))
 
 
 def statement_mode_refused(exc: BaseException) -> LockRefused:

@@ -126,7 +126,11 @@ class KnowledgeStore:
     def _c(self, name: str) -> Any:
         return self.table.c[name]
 
-    async def parents(self, conn: AsyncConnection, user: uuid.UUID) -> list[dict[str, Any]]:
+    def parent_value(self, text_id: Any) -> Any:
+        """A parent id kept as text (rowscope's own tables) as a value of the parent column's type."""
+        return cast(text_id, self._c(self.spec.parent_column).type)
+
+    async def parents(self, conn: AsyncConnection, user: str) -> list[dict[str, Any]]:
         """The parents (sparks) the user may read, with whether they may write."""
         access = self.policy.policy.access[self.spec.access]
         p = self.parent
@@ -142,7 +146,7 @@ class KnowledgeStore:
         )
         return [dict(row) for row in (await conn.execute(statement)).mappings()]
 
-    async def may(self, conn: AsyncConnection, user: uuid.UUID, parent_id: uuid.UUID, mode: str) -> bool:
+    async def may(self, conn: AsyncConnection, user: str, parent_id: uuid.UUID, mode: str) -> bool:
         access = self.policy.policy.access[self.spec.access]
         p = self.parent
         statement = select(p.c[access.key]).where(
@@ -154,7 +158,7 @@ class KnowledgeStore:
     async def search(
         self,
         conn: AsyncConnection,
-        user: uuid.UUID,
+        user: str,
         vector: Sequence[float],
         *,
         model: str,

@@ -74,6 +74,9 @@ class UserProfile(Timestamps, Base):
     display_name: Mapped[str | None] = mapped_column(String(200))
     avatar_url: Mapped[str | None] = mapped_column(Text)
     bio: Mapped[str | None] = mapped_column(Text)
+    # The application's own id for this account, what the policy compares (migration 0014,
+    # db/subjects.py); NULL: the account is its own subject.
+    subject: Mapped[str | None] = mapped_column(Text, unique=True)
 
 
 class Team(Timestamps, Base):
@@ -364,9 +367,36 @@ class TrainingAddition(Base):
     user_id: Mapped[uuid.UUID] = mapped_column(
         UUID(as_uuid=True), ForeignKey("user_profiles.id", ondelete="CASCADE"), nullable=False
     )
-    parent_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    # Text since migration 0014: an application's collections have ids of any type.
+    parent_id: Mapped[str] = mapped_column(Text, nullable=False)
     item_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
     chunks: Mapped[int] = mapped_column(Integer, nullable=False)
     added_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+
+class KnowledgeChunk(Base):
+    """rowscope's bookkeeping for a chunk it added to a knowledge table that lacks the columns for
+    it (migration 0014): the table (``store``), the chunk's id and parent as text, and what Spark's
+    table keeps in its own columns. Row-level security by the store's access rule, from the
+    policies ``rowscope rls plan`` writes."""
+
+    __tablename__ = "knowledge_chunks"
+    __table_args__ = (
+        UniqueConstraint("store", "parent_id", "content_hash", name="uq_knowledge_chunks_store"),
+        Index("ix_knowledge_chunks_store_parent_id_source_id", "store", "parent_id", "source_id"),
+    )
+    store: Mapped[str] = mapped_column(Text, primary_key=True)
+    chunk_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    parent_id: Mapped[str] = mapped_column(Text, nullable=False)
+    content_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    embedding_model: Mapped[str] = mapped_column(String(200), nullable=False)
+    source_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    source_id: Mapped[str] = mapped_column(String(200), nullable=False)
+    metadata_: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )

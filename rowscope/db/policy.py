@@ -16,8 +16,18 @@ The rules, each evaluated against one row ``t`` of the scoped table for the user
     a foreign-key path (``chat_messages.session_id → chat_sessions.user_id``).
 ``{ access = "name" }``
     The read rule of a named access rule, applied to the row itself (the row *is* a spark).
+``{ role = { column, values, table = <[users] table>, key = <[users] id_column> } }``
+    ``EXISTS (SELECT 1 FROM table u WHERE u.key = :uid AND u.column IN values)`` — a property of
+    the user, not of the row: inside ``any`` it grants every row to, say, the application's admins.
+``{ public = true }``
+    Every row, for every signed-in user: for a table the application gives no owner (seed 002).
 ``{ any = [rules] }`` / ``{ all = [rules] }``
     OR / AND of the rules.
+
+``:uid`` is the *subject*: the application's own id for the signed-in user, as text (its users
+table's id, or the id ``rowscope users add --subject`` recorded). It is bound once, as text, and
+cast to each compared column's type (``uuid``, ``text``, ``varchar``, ...), so ids of any type work
+and every comparison can use the column's index.
 
 Named access rules (``[access.NAME]``) give a table a ``read`` and a ``write`` rule that several
 models and the knowledge store share — the seed's "Spark Access": owner OR member OR shared with a
@@ -30,7 +40,6 @@ from __future__ import annotations
 
 import decimal
 import tomllib
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,18 +63,25 @@ from sqlalchemy import (
     Column,
     ColumnElement,
     MetaData,
+    String,
     Table,
     and_,
     bindparam,
+    cast,
     exists,
     false,
     or_,
     select,
     true,
 )
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy import types as sqltypes
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")]
+# A table, optionally schema-qualified (``auth.users``); names are case-sensitive, as PostgreSQL
+# stores them (a Prisma model without ``@@map`` is the table ``"User"``).
+TableName = Annotated[
+    str, StringConstraints(pattern=r"^([A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$")
+]
 
 
 class PolicyError(ValueError):
@@ -77,7 +93,7 @@ class _Strict(BaseModel):
 
 
 class MemberSpec(_Strict):
-    table: Name
+    table: TableName
     key: Name
     on: Name = "id"
     user: Name = "user_id"
@@ -117,6 +133,21 @@ class AccessRule(_Strict):
     access: Name
 
 
+class RoleSpec(_Strict):
+    column: Name
+    values: list[str | int | bool] = Field(min_length=1)
+    table: TableName | None = None  # default: the [users] table
+    key: Name | None = None  # default: the [users] id_column
+
+
+class RoleRule(_Strict):
+    role: RoleSpec
+
+
+class PublicRule(_Strict):
+    public: Literal[True]
+
+
 class AnyRule(_Strict):
     any: list[Rule] = Field(min_length=1)
 
@@ -131,6 +162,8 @@ RULES: dict[str, type[_Strict]] = {
     "member": MemberRule,
     "parent": ParentRule,
     "access": AccessRule,
+    "role": RoleRule,
+    "public": PublicRule,
     "any": AnyRule,
     "all": AllRule,
 }
@@ -150,6 +183,8 @@ Rule = Annotated[
     | Annotated[MemberRule, Tag("member")]
     | Annotated[ParentRule, Tag("parent")]
     | Annotated[AccessRule, Tag("access")]
+    | Annotated[RoleRule, Tag("role")]
+    | Annotated[PublicRule, Tag("public")]
     | Annotated[AnyRule, Tag("any")]
     | Annotated[AllRule, Tag("all")],
     Discriminator(_rule_kind, custom_error_type="policy_rule", custom_error_message="not a rule"),
@@ -159,14 +194,14 @@ AllRule.model_rebuild()
 
 
 class AccessSpec(_Strict):
-    table: Name
+    table: TableName
     key: Name = "id"
     read: Rule
     write: Rule
 
 
 class ModelSpec(_Strict):
-    table: Name
+    table: TableName
     columns: list[Name] = Field(min_length=1)
     primary_key: Name = "id"
     scope: Rule
@@ -174,26 +209,71 @@ class ModelSpec(_Strict):
 
 
 class UsersSpec(_Strict):
-    table: Name = "user_profiles"
+    """The application's users: sign-in, ``--user`` and ``users add`` find a user's subject here by
+    email. The default, ``user_profiles``, is rowscope's own account table (Spark's users): the
+    subject is then the account's id, or the one ``users add --subject`` recorded."""
+
+    table: TableName = "user_profiles"
     id_column: Name = "id"
     email_column: Name = "email"
 
 
-class KnowledgeSpec(_Strict):
-    """The embedding store that retrieval searches and training writes."""
+class UserValue(_Strict):
+    """``{ user = true }``: the signed-in user's subject (cast to the column's type)."""
 
-    table: Name
+    user: Literal[True]
+
+
+class FixedValue(_Strict):
+    """``{ value = ... }``: this value, on every row rowscope inserts."""
+
+    value: str | int | float | bool
+
+
+class NowValue(_Strict):
+    """``{ now = true }``: the transaction's time (a Prisma ``@updatedAt`` column has no default)."""
+
+    now: Literal[True]
+
+
+class KnowledgeSpec(_Strict):
+    """The embedding store that retrieval searches and training writes: one row per chunk, each
+    under a parent (a *collection*: Spark's spark, Tzurot's personality) that the access rule
+    ``access`` guards."""
+
+    table: TableName
     access: Name
     parent_column: Name
+    id_column: Name = "id"
     text_column: Name = "content"
     vector_column: Name = "embedding"
+    # The vector column's dimension; its type (pgvector ``vector``/``halfvec``, or ``real[]`` /
+    # ``double precision[]``) is read from the database. Embedders are asked for this many.
     dimensions: int = Field(gt=0, le=16000)
-    hash_column: Name = "content_hash"
-    model_column: Name = "embedding_model"
-    source_type_column: Name = "source_type"
-    source_id_column: Name = "source_id"
-    metadata_column: Name = "metadata"
+    # How the assistant is told about the parents: the tools are ``list_<collections>`` and take a
+    # ``<collection>_id`` (Spark: ``list_sparks``, ``spark_id``).
+    collection: Name = "collection"
+    collections: Name = "collections"
+    collections_description: str = ""
     parent_label_columns: list[Name] = Field(default_factory=lambda: ["name", "description"])
+    # Bookkeeping columns of the application's own table (Spark has them all). Each one unset is
+    # kept in rowscope's side table (migration 0014, ``knowledge_chunks``) instead, so an
+    # application's table is never altered for rowscope.
+    hash_column: Name | None = None
+    model_column: Name | None = None
+    source_type_column: Name | None = None
+    source_id_column: Name | None = None
+    metadata_column: Name | None = None
+    # The embedding model of the rows the application embedded itself (rows rowscope did not
+    # write, or, with a model_column, whose model is this): they are searched when rowscope's own
+    # embedder is this model or the policy lists it in ``compatible_models``.
+    embedded_with: str | None = None
+    compatible_models: list[str] = Field(default_factory=list)
+    # Retrieval filters the assistant may use, argument name -> column (``channel = "channelId"``):
+    # equality (or one of a list) on search; on add, the value is written into the column.
+    filters: dict[Name, Name] = Field(default_factory=dict)
+    # Columns rowscope sets on every insert: ``{ user = true }``, ``{ value = ... }`` or ``{ now = true }``.
+    on_insert: dict[Name, UserValue | FixedValue | NowValue] = Field(default_factory=dict)
     # A boolean column saying whether a row is in the approximate-search index yet, with the index
     # partial on it (Spark: migration 0007). Set, rowscope inserts chunks with it false, search
     # scores those exactly until the background indexer (db/indexer.py) sets it; unset, chunks are
@@ -203,6 +283,29 @@ class KnowledgeSpec(_Strict):
     # by an index on the parent column. Set, search ranks mid-size readable sets by exact Hamming
     # distance over it and re-ranks the best by exact cosine; unset, they take the HNSW walk.
     bits_column: Name | None = None
+
+    @model_validator(mode="after")
+    def _distinct(self) -> KnowledgeSpec:
+        if self.collection == self.collections:
+            raise ValueError("collection and collections must differ (the singular and the plural)")
+        written = {self.parent_column, self.text_column, self.vector_column, self.id_column}
+        clash = sorted(written & (set(self.filters.values()) | set(self.on_insert)))
+        if clash:
+            raise ValueError(f"filters/on_insert may not set the store's own columns: {', '.join(clash)}")
+        both = sorted(set(self.filters.values()) & set(self.on_insert))
+        if both:
+            raise ValueError(f"a column is either a filter or set on insert, not both: {', '.join(both)}")
+        return self
+
+    def bookkeeping(self) -> dict[str, str | None]:
+        """The bookkeeping columns by role, None where the side table keeps them."""
+        return {
+            "hash": self.hash_column,
+            "model": self.model_column,
+            "source_type": self.source_type_column,
+            "source_id": self.source_id_column,
+            "metadata": self.metadata_column,
+        }
 
 
 class PolicyFile(_Strict):
@@ -265,6 +368,8 @@ class PolicyFile(_Strict):
         for rule in self._all_rules():
             if isinstance(rule, MemberRule):
                 names.add(rule.member.table)
+            if isinstance(rule, RoleRule):
+                names.add(rule.role.table or self.users.table)
         if self.knowledge is not None:
             names.add(self.knowledge.table)
         return names
@@ -418,13 +523,33 @@ class ExposedModel:
 USER_PARAM = "rowscope_user"  # the bound parameter every predicate names the signed-in user by
 
 
+def table_key(name: str) -> str:
+    """How a policy's table is keyed among reflected tables (SQLAlchemy's ``schema.table``, the
+    default schema unqualified)."""
+    return name.removeprefix("public.")
+
+
+def as_subject(bound: Any, column: Any) -> Any:
+    """The subject (bound as text) as a value of ``column``'s type: itself for a text column, else
+    a cast (``CAST(:rowscope_user AS UUID)``), which the planner folds to a constant, so the
+    column's index still serves the comparison."""
+    if isinstance(column.type, sqltypes.String):
+        return bound
+    return cast(bound, column.type)
+
+
 class CompiledPolicy:
-    """A policy bound to the database's tables (reflected), ready to produce predicates."""
+    """A policy bound to the database's tables (reflected), ready to produce predicates for a
+    subject (the application's id for the user, as text: module docstring)."""
 
     def __init__(self, policy: PolicyFile, metadata: MetaData) -> None:
         self._predicates: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self.policy = policy
-        self._tables = metadata.tables
+        self._tables = {
+            name: metadata.tables[table_key(name)]
+            for name in policy.table_names()
+            if table_key(name) in metadata.tables
+        }
         missing = sorted(name for name in policy.table_names() if name not in self._tables)
         if missing:
             raise PolicyError(f"the policy names tables the database does not have: {', '.join(missing)}")
@@ -450,21 +575,25 @@ class CompiledPolicy:
             if isinstance(rule, MemberRule):
                 m = rule.member
                 self._require(self._tables[m.table], [m.key, m.user, *m.where], f"member {m.table}")
+            if isinstance(rule, RoleRule):
+                r = rule.role
+                table = self._tables[r.table or policy.users.table]
+                self._require(table, [r.key or policy.users.id_column, r.column], f"role {table.fullname}")
+        users = self._tables[policy.users.table]
+        self._require(users, [policy.users.id_column, policy.users.email_column], "users")
         if policy.knowledge is not None:
             k = policy.knowledge
+            optional = [c for c in (*k.bookkeeping().values(), k.indexed_column, k.bits_column) if c]
             self._require(
                 self._tables[k.table],
                 [
+                    k.id_column,
                     k.parent_column,
                     k.text_column,
                     k.vector_column,
-                    k.hash_column,
-                    k.model_column,
-                    k.source_type_column,
-                    k.source_id_column,
-                    k.metadata_column,
-                    *([k.indexed_column] if k.indexed_column else []),
-                    *([k.bits_column] if k.bits_column else []),
+                    *optional,
+                    *k.filters.values(),
+                    *k.on_insert,
                 ],
                 "knowledge",
             )
@@ -476,7 +605,7 @@ class CompiledPolicy:
         absent = [c for c in columns if c not in table.c]
         if absent:
             raise PolicyError(
-                f"{where}: table {table.name} has no column(s) {', '.join(absent)}; "
+                f"{where}: table {table.fullname} has no column(s) {', '.join(absent)}; "
                 f"its columns: {', '.join(table.c.keys())}"
             )
 
@@ -524,63 +653,70 @@ class CompiledPolicy:
             self._predicates.move_to_end(key)
         return found
 
-    def model_scope(self, model: str, user_id: uuid.UUID, table: Any = None) -> ColumnElement[bool]:
-        """The rows of ``model`` that ``user_id`` may read, as a predicate on ``table``."""
+    def model_scope(self, model: str, subject: str, table: Any = None) -> ColumnElement[bool]:
+        """The rows of ``model`` that the user ``subject`` may read, as a predicate on ``table``."""
         spec = self.policy.models[model]
         target = table if table is not None else self._tables[spec.table]
         return self._cached(  # type: ignore[no-any-return]
-            ("model", model, user_id, target), lambda: self._compile(spec.scope, target, user_id)
+            ("model", model, subject, target), lambda: self._compile(spec.scope, target, subject)
         )
 
     def access_predicate(
-        self, access: str, mode: Literal["read", "write"], user_id: uuid.UUID, table: Any = None
+        self, access: str, mode: Literal["read", "write"], subject: str, table: Any = None
     ) -> ColumnElement[bool]:
         spec = self.policy.access[access]
         rule = spec.read if mode == "read" else spec.write
         target = table if table is not None else self._tables[spec.table]
         return self._cached(  # type: ignore[no-any-return]
-            ("access", access, mode, user_id, target), lambda: self._compile(rule, target, user_id)
+            ("access", access, mode, subject, target), lambda: self._compile(rule, target, subject)
         )
 
-    def access_ids(self, access: str, mode: Literal["read", "write"], user_id: uuid.UUID) -> Any:
+    def access_ids(self, access: str, mode: Literal["read", "write"], subject: str) -> Any:
         """``SELECT key FROM <access table> WHERE <rule>``: the ids a user may read or write."""
         spec = self.policy.access[access]
 
         def build() -> Any:
             t = self._tables[spec.table].alias()
             return select(t.c[spec.key]).where(
-                self._compile(spec.read if mode == "read" else spec.write, t, user_id)
+                self._compile(spec.read if mode == "read" else spec.write, t, subject)
             )
 
-        return self._cached(("ids", access, mode, user_id), build)
+        return self._cached(("ids", access, mode, subject), build)
 
-    def _compile(self, rule: Rule, t: Any, uid: uuid.UUID) -> ColumnElement[bool]:
+    def _compile(self, rule: Rule, t: Any, subject: str) -> ColumnElement[bool]:
         # Every reference to the user is this one named parameter, so a statement's SQL never holds
         # the user's id anywhere else and can be reused for another user by rebinding only it
-        # (Database.read_shaped).
-        bound = bindparam(USER_PARAM, uid, type_=UUID(as_uuid=True))
+        # (Database.read_shaped). It is text, cast to each compared column's type.
+        bound = bindparam(USER_PARAM, subject, type_=String())
         if isinstance(rule, OwnerRule):
-            return t.c[rule.owner] == bound  # type: ignore[no-any-return]
+            return t.c[rule.owner] == as_subject(bound, t.c[rule.owner])  # type: ignore[no-any-return]
         if isinstance(rule, FlagRule):
             return t.c[rule.flag].is_(true())  # type: ignore[no-any-return]
         if isinstance(rule, MemberRule):
             spec = rule.member
             m = self._tables[spec.table].alias()
-            conditions = [m.c[spec.key] == t.c[spec.on], m.c[spec.user] == bound]
+            conditions = [m.c[spec.key] == t.c[spec.on], m.c[spec.user] == as_subject(bound, m.c[spec.user])]
             conditions += [m.c[col].in_(values) for col, values in spec.where.items()]
             return exists().where(*conditions)
+        if isinstance(rule, RoleRule):
+            r = rule.role
+            u = self._tables[r.table or self.policy.users.table].alias()
+            key = u.c[r.key or self.policy.users.id_column]
+            return exists().where(key == as_subject(bound, key), u.c[r.column].in_(r.values))
+        if isinstance(rule, PublicRule):
+            return true()
         if isinstance(rule, ParentRule):
             p = rule.parent
             if p.model is not None:
                 parent = self._tables[self.policy.models[p.model].table].alias()
-                predicate = self._compile(self.policy.models[p.model].scope, parent, uid)
+                predicate = self._compile(self.policy.models[p.model].scope, parent, subject)
             else:
                 assert p.access is not None
                 parent = self._tables[self.policy.access[p.access].table].alias()
-                predicate = self.access_predicate(p.access, "read", uid, parent)
+                predicate = self.access_predicate(p.access, "read", subject, parent)
             return t.c[p.column].in_(select(parent.c[p.references]).where(predicate))  # type: ignore[no-any-return]
         if isinstance(rule, AccessRule):
-            return self.access_predicate(rule.access, "read", uid, t)
+            return self.access_predicate(rule.access, "read", subject, t)
         if isinstance(rule, AnyRule):
-            return or_(false(), *(self._compile(r, t, uid) for r in rule.any))
-        return and_(true(), *(self._compile(r, t, uid) for r in rule.all))
+            return or_(false(), *(self._compile(r, t, subject) for r in rule.any))
+        return and_(true(), *(self._compile(r, t, subject) for r in rule.all))

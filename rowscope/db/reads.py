@@ -32,7 +32,6 @@ pooler nothing is prepared and each read sends its statements whole.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ from psycopg.adapt import Transformer
 from psycopg.errors import error_from_result
 from psycopg_pool import AsyncConnectionPool
 
-from rowscope.db.guard import TOOL_ROLE, check_switch
+from rowscope.db.guard import check_switch
 
 PREPARED_PER_CONNECTION = 256  # statements kept prepared on one connection (the oldest closed)
 # Whether this libpq sends a Close message for a prepared statement (PQsendClosePrepared, libpq 17;
@@ -142,10 +141,11 @@ class ReadPool(AsyncConnectionPool[ReadConnection]):
 
 
 async def read(
-    conn: ReadConnection, switch: str, user_id: uuid.UUID, sql: str, params: Mapping[str, Any]
+    conn: ReadConnection, switch: str, switched: Mapping[str, str], sql: str, params: Mapping[str, Any]
 ) -> Rows:
     """Switch to the user and read: one write, one round trip, one transaction (module docstring).
-    ``switch`` and ``sql`` are psycopg queries (``%(name)s`` parameters)."""
+    ``switch`` and ``sql`` are psycopg queries (``%(name)s`` parameters); ``switched``: the switch's
+    values (``engine.switch_values``), its ``uid`` what the switch must answer."""
     pg = conn.pgconn
     pg.enter_pipeline_mode()
     transformer = conn.transformer()
@@ -154,7 +154,7 @@ async def read(
     done = False
     try:
         queries = []
-        for query, values in ((switch, {"role": TOOL_ROLE, "uid": str(user_id)}), (sql, params)):
+        for query, values in ((switch, switched), (sql, params)):
             converted = PostgresQuery(transformer)
             converted.convert(query, values)
             queries.append(converted)
@@ -185,7 +185,7 @@ async def read(
         check_switch(
             None if user is None else user.decode(),
             None if pid is None else int(pid),
-            str(user_id),
+            switched["uid"],
             conn.rowscope_pid,
         )
     except BaseException:

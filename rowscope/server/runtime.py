@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 from sqlalchemy import MetaData
@@ -19,7 +20,8 @@ from sqlalchemy import MetaData
 from rowscope.auth import passwords
 from rowscope.db.engine import Database
 from rowscope.db.indexer import Indexer
-from rowscope.db.policy import CompiledPolicy, PolicyFile
+from rowscope.db.policy import CompiledPolicy, PolicyFile, table_key
+from rowscope.db.subjects import Subjects
 from rowscope.embeddings import Embedder
 from rowscope.server.settings import Settings
 
@@ -41,6 +43,11 @@ class Runtime:
     )
     # Built by start() when the policy's knowledge store has an indexed_column; None otherwise.
     indexer: Indexer | None = field(default=None, init=False)
+    # Accounts' subjects (the application's ids for them), cached.
+    subjects: Subjects = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.subjects = Subjects(self.database)
 
     @property
     def policy(self) -> CompiledPolicy:
@@ -74,8 +81,16 @@ async def compile_policy(database: Database, policy_file: PolicyFile) -> Compile
     import pgvector.sqlalchemy  # noqa: F401  (teaches reflection the vector type)
 
     metadata = MetaData()
-    tables = policy_file.table_names()
+    by_schema: dict[str | None, set[str]] = {}
+    for name in map(table_key, policy_file.table_names()):
+        schema, _, table = name.rpartition(".")
+        by_schema.setdefault(schema or None, set()).add(table)
+
+    def reflect(sync: Any) -> None:
+        for schema, names in by_schema.items():
+            # A callable `only` skips absent tables, so CompiledPolicy can name them in its error.
+            metadata.reflect(sync, schema=schema, only=lambda name, _, names=names: name in names)
+
     async with database.engine.connect() as conn:
-        # A callable `only` skips absent tables, so CompiledPolicy can name them in its error.
-        await conn.run_sync(lambda sync: metadata.reflect(sync, only=lambda name, _: name in tables))
+        await conn.run_sync(reflect)
     return CompiledPolicy(policy_file, metadata)

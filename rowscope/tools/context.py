@@ -8,6 +8,7 @@ from typing import Any
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.mcpserver import Context
 
+from rowscope.db.subjects import Caller
 from rowscope.server.runtime import Runtime
 from rowscope.tools.errors import ToolFailure
 
@@ -18,8 +19,8 @@ def runtime(ctx: Context[Any]) -> Runtime:
     return state
 
 
-def current_user(ctx: Context[Any]) -> uuid.UUID:
-    """The user this request runs as: the token's subject over HTTP, the configured user on stdio."""
+def current_account(ctx: Context[Any]) -> uuid.UUID:
+    """The account this request runs as: the token's subject over HTTP, the configured user on stdio."""
     token = get_access_token()
     if token is not None and token.subject:
         return uuid.UUID(token.subject)
@@ -27,3 +28,8 @@ def current_user(ctx: Context[Any]) -> uuid.UUID:
     if stdio_user is not None and token is None:
         return stdio_user
     raise ToolFailure("this request carries no user; sign in again")
+
+
+async def current_caller(ctx: Context[Any]) -> Caller:
+    """The account and the application's subject for it (``db/subjects.py``)."""
+    return await runtime(ctx).subjects.caller(current_account(ctx))

@@ -28,7 +28,7 @@ from rowscope.db.filters import (
     encode_cursor,
 )
 from rowscope.db.policy import ExposedModel
-from rowscope.tools.context import current_user, runtime
+from rowscope.tools.context import current_caller, runtime
 from rowscope.tools.errors import ToolFailure, translated
 
 DEFAULT_TAKE = 20
@@ -133,7 +133,7 @@ async def query_records(
 ) -> QueryResult:
     """Read the signed-in user's own records of one model, with filters, sorting and pagination."""
     rt = runtime(ctx)
-    user = current_user(ctx)
+    caller = await current_caller(ctx)
     exposed = exposed_model(ctx, model)
     fields = list(dict.fromkeys(select)) if select else list(exposed.columns)
     unknown = [f for f in fields if f not in exposed.columns]
@@ -156,7 +156,7 @@ async def query_records(
 
     def build() -> Select[Any]:
         built = FilterBuilder(exposed.columns, planner.values)
-        scoped = and_(rt.policy.model_scope(model, user, exposed.table), built.build(condition))
+        scoped = and_(rt.policy.model_scope(model, caller.subject, exposed.table), built.build(condition))
         if after is not None:
             scoped = and_(scoped, built.build(after))
         return (
@@ -174,7 +174,7 @@ async def query_records(
         )
 
     shape = _shape(planner, "query", model, tuple(wanted), tuple(order), condition, after)
-    rows = await rt.database.read_shaped(user, shape, build, planner.values)
+    rows = await rt.database.read_shaped(caller, shape, build, planner.values)
     more = len(rows) > take
     rows = rows[:take]
     if more:
@@ -195,16 +195,16 @@ async def query_records(
 async def count_records(ctx: Context[Any], model: ModelName, where: Where = None) -> CountResult:
     """Count the signed-in user's own records of one model that match a filter."""
     rt = runtime(ctx)
-    user = current_user(ctx)
+    caller = await current_caller(ctx)
     exposed = exposed_model(ctx, model)
     planner = FilterPlanner(model, exposed.columns)
     condition = planner.where(where)
 
     def build() -> Select[Any]:
         built = FilterBuilder(exposed.columns, planner.values)
-        scoped = and_(rt.policy.model_scope(model, user, exposed.table), built.build(condition))
+        scoped = and_(rt.policy.model_scope(model, caller.subject, exposed.table), built.build(condition))
         return sql_select(func.count().label("count")).select_from(exposed.table).where(scoped)
 
     shape = _shape(planner, "count", model, condition)
-    ((count,),) = await rt.database.read_shaped(user, shape, build, planner.values)
+    ((count,),) = await rt.database.read_shaped(caller, shape, build, planner.values)
     return CountResult(model=model, count=count)

@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from rowscope.db.engine import Database
 from rowscope.db.knowledge import KnowledgeStore
 from rowscope.db.models import TrainingAddition
+from rowscope.db.subjects import Caller
 from rowscope.server.settings import Settings
 from rowscope.tools.errors import ToolFailure
 
@@ -56,13 +57,14 @@ async def reserve(
     conn: AsyncConnection,
     settings: Settings,
     store: KnowledgeStore,
-    user: uuid.UUID,
+    caller: Caller,
     parent_id: uuid.UUID,
     item_id: uuid.UUID,
     chunks: int,
 ) -> uuid.UUID:
     """Record ``chunks`` new chunks the user is about to add, or raise ToolFailure (recording nothing)
     when that would pass a limit. Returns the record's id, for :func:`settle` or :func:`release`."""
+    user = caller.account
     window = dt.timedelta(seconds=settings.training_window)
     await conn.execute(
         select(func.pg_advisory_xact_lock(cast(LOCK_SPACE, Integer), func.hashtext(str(user))))
@@ -101,9 +103,9 @@ async def reserve(
             )
     cap = settings.training_max_stored_chunks
     if cap:
-        mine = select(TrainingAddition.parent_id, cast(TrainingAddition.item_id, String)).where(
-            TrainingAddition.user_id == user
-        )
+        mine = select(
+            store.parent_value(TrainingAddition.parent_id), cast(TrainingAddition.item_id, String)
+        ).where(TrainingAddition.user_id == user)
         stored = await store.count_items(conn, mine)
         if stored + chunks > cap:
             raise ToolFailure(
@@ -115,7 +117,7 @@ async def reserve(
     return (
         await conn.execute(
             insert(TrainingAddition)
-            .values(user_id=user, parent_id=parent_id, item_id=item_id, chunks=chunks)
+            .values(user_id=user, parent_id=str(parent_id), item_id=item_id, chunks=chunks)
             .returning(TrainingAddition.id)
         )
     ).scalar_one()
@@ -143,7 +145,11 @@ async def _prune(conn: AsyncConnection, store: KnowledgeStore, user: uuid.UUID, 
         .where(
             TrainingAddition.user_id == user,
             TrainingAddition.added_at <= func.now() - window,
-            ~exists(store.item_chunks(TrainingAddition.parent_id, cast(TrainingAddition.item_id, String))),
+            ~exists(
+                store.item_chunks(
+                    store.parent_value(TrainingAddition.parent_id), cast(TrainingAddition.item_id, String)
+                )
+            ),
         )
         .limit(PRUNE_BATCH)
     )
@@ -151,7 +157,7 @@ async def _prune(conn: AsyncConnection, store: KnowledgeStore, user: uuid.UUID, 
 
 
 @asynccontextmanager
-async def released_unless_done(database: Database, user: uuid.UUID, record: uuid.UUID) -> AsyncIterator[None]:
+async def released_unless_done(database: Database, caller: Caller, record: uuid.UUID) -> AsyncIterator[None]:
     """Release the record when the block fails: the add stored nothing (the block ends with the
     transaction that stores the chunks and settles the record). Shielded, so that an add whose time
     ran out is released too; when the release itself fails, the record stays counted until it ages
@@ -161,7 +167,7 @@ async def released_unless_done(database: Database, user: uuid.UUID, record: uuid
     except BaseException:
         with anyio.CancelScope(shield=True):
             try:
-                async with database.user_transaction(user) as conn:
+                async with database.user_transaction(caller) as conn:
                     await release(conn, record)
             except Exception:  # the database that failed the add may fail this too: log, re-raise the add's
                 log.warning("could not release training record %s of a failed add", record, exc_info=True)

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from mcp.server.mcpserver import Context
 from pydantic import BaseModel, Field
 
-from rowscope.tools.context import current_user, runtime
+from rowscope.tools.context import current_caller, runtime
 from rowscope.tools.errors import ToolFailure, translated
 from rowscope.tools.sparks import knowledge_store, require_spark
 
@@ -55,18 +55,18 @@ async def search_knowledge(
 ) -> SearchResult:
     """Find the knowledge chunks most similar to a query, across the sparks you may read."""
     rt = runtime(ctx)
-    user = current_user(ctx)
+    caller = await current_caller(ctx)
     store = knowledge_store(ctx)
     if not query.strip():
         raise ToolFailure("query is empty")
     if spark_id is not None:
-        async with rt.database.user_transaction(user) as conn:
+        async with rt.database.user_transaction(caller) as conn:
             await require_spark(ctx, store, conn, spark_id, "read")
-    (vector,) = await rt.embedder.embed([query], user=user)
-    async with rt.database.user_transaction(user) as conn:
+    (vector,) = await rt.embedder.embed([query], user=caller.account)
+    async with rt.database.user_transaction(caller) as conn:
         hits = await store.search(
             conn,
-            user,
+            caller.subject,
             vector,
             model=rt.embedder.model,
             top_k=top_k,

@@ -9,7 +9,7 @@ from mcp.server.mcpserver import Context
 from pydantic import BaseModel
 
 from rowscope.db.knowledge import KnowledgeStore
-from rowscope.tools.context import current_user, runtime
+from rowscope.tools.context import current_caller, runtime
 from rowscope.tools.errors import ToolFailure, translated
 
 
@@ -35,10 +35,10 @@ async def require_spark(
     ctx: Context[Any], store: KnowledgeStore, conn: Any, spark_id: uuid.UUID, mode: str
 ) -> None:
     """Fail unless the user may read (or write) the spark; existence is not revealed to strangers."""
-    user = current_user(ctx)
-    if await store.may(conn, user, spark_id, mode):
+    caller = await current_caller(ctx)
+    if await store.may(conn, caller.subject, spark_id, mode):
         return
-    if mode == "write" and await store.may(conn, user, spark_id, "read"):
+    if mode == "write" and await store.may(conn, caller.subject, spark_id, "read"):
         raise ToolFailure(f"spark {spark_id} is read-only for you: only its owner and editors may change it")
     raise ToolFailure(f"no spark {spark_id} that you may read; list_sparks shows the ones you can use")
 
@@ -47,10 +47,10 @@ async def require_spark(
 async def list_sparks(ctx: Context[Any]) -> SparkList:
     """List the sparks (AI personas) you may read, and whether you may add training content to each."""
     rt = runtime(ctx)
-    user = current_user(ctx)
+    caller = await current_caller(ctx)
     store = knowledge_store(ctx)
-    async with rt.database.user_transaction(user) as conn:
-        rows = await store.parents(conn, user)
+    async with rt.database.user_transaction(caller) as conn:
+        rows = await store.parents(conn, caller.subject)
     return SparkList(
         sparks=[
             SparkSummary(

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from rowscope.embeddings.chunking import chunk_text
 from rowscope.tools import quota
-from rowscope.tools.context import current_user, runtime
+from rowscope.tools.context import current_caller, runtime
 from rowscope.tools.errors import ToolFailure, translated
 from rowscope.tools.retrieve import SourceType
 from rowscope.tools.sparks import knowledge_store, require_spark
@@ -61,7 +61,7 @@ async def add_training_content(
 ) -> TrainingAdded:
     """Add text to a spark's knowledge: chunked, deduplicated by SHA-256, embedded and stored at once."""
     rt = runtime(ctx)
-    user = current_user(ctx)
+    caller = await current_caller(ctx)
     store = knowledge_store(ctx)
     limit = rt.settings.max_content_chars
     if not content.strip():
@@ -78,20 +78,21 @@ async def add_training_content(
     chunks = list(unique.values())
 
     record: uuid.UUID | None = None
-    async with rt.database.user_transaction(user) as conn:
+    async with rt.database.user_transaction(caller) as conn:
         await require_spark(ctx, store, conn, spark_id, "write")
         known = await store.existing_hashes(conn, spark_id, list(unique))
         fresh = [c for c in chunks if c.sha256 not in known]
         if fresh:  # within the user's limits, or refused here, before anything is embedded
-            record = await quota.reserve(conn, rt.settings, store, user, spark_id, item_id, len(fresh))
+            record = await quota.reserve(conn, rt.settings, store, caller, spark_id, item_id, len(fresh))
 
     added = 0
     if record is not None:
-        async with quota.released_unless_done(rt.database, user, record):
+        async with quota.released_unless_done(rt.database, caller, record):
             vectors: list[list[float]] = []
             batch = rt.settings.embedding_batch_size
             for start in range(0, len(fresh), batch):
-                vectors += await rt.embedder.embed([c.text for c in fresh[start : start + batch]], user=user)
+                texts = [c.text for c in fresh[start : start + batch]]
+                vectors += await rt.embedder.embed(texts, user=caller.account)
                 if len(fresh) > batch:
                     await ctx.report_progress(
                         len(vectors), len(fresh), f"embedded {len(vectors)} of {len(fresh)} chunks"
@@ -110,7 +111,7 @@ async def add_training_content(
                 )
                 for c, v in zip(fresh, vectors, strict=True)
             ]
-            async with rt.database.user_transaction(user) as conn:
+            async with rt.database.user_transaction(caller) as conn:
                 await require_spark(ctx, store, conn, spark_id, "write")
                 added = await store.insert(conn, rows)
                 await quota.settle(conn, record, added)
@@ -134,9 +135,9 @@ async def remove_training_content(
 ) -> TrainingRemoved:
     """Remove a training item (all of its chunks) from a spark you own or edit."""
     rt = runtime(ctx)
-    user = current_user(ctx)
+    caller = await current_caller(ctx)
     store = knowledge_store(ctx)
-    async with rt.database.user_transaction(user) as conn:
+    async with rt.database.user_transaction(caller) as conn:
         await require_spark(ctx, store, conn, spark_id, "write")
         removed = await store.remove(conn, spark_id, str(item_id))
     if removed == 0:
