@@ -8,6 +8,8 @@ The rules, each evaluated against one row ``t`` of the scoped table for the user
     ``t.col = :uid`` — ownership by a direct column.
 ``{ flag = "col" }``
     ``t.col IS TRUE`` — only useful inside ``all``.
+``{ unset = "col" }``
+    ``t.col IS NULL`` — inside ``all`` too: seed 003's root documents (``parentDocumentId`` unset).
 ``{ member = { table, key, on = "id", user = "user_id", where = { col = [values] } } }``
     ``EXISTS (SELECT 1 FROM table m WHERE m.key = t.on AND m.user = :uid [AND m.col IN values])``
     — membership through a join table.
@@ -121,6 +123,10 @@ class FlagRule(_Strict):
     flag: Name
 
 
+class UnsetRule(_Strict):
+    unset: Name
+
+
 class MemberRule(_Strict):
     member: MemberSpec
 
@@ -159,6 +165,7 @@ class AllRule(_Strict):
 RULES: dict[str, type[_Strict]] = {
     "owner": OwnerRule,
     "flag": FlagRule,
+    "unset": UnsetRule,
     "member": MemberRule,
     "parent": ParentRule,
     "access": AccessRule,
@@ -180,6 +187,7 @@ def _rule_kind(value: Any) -> str | None:
 Rule = Annotated[
     Annotated[OwnerRule, Tag("owner")]
     | Annotated[FlagRule, Tag("flag")]
+    | Annotated[UnsetRule, Tag("unset")]
     | Annotated[MemberRule, Tag("member")]
     | Annotated[ParentRule, Tag("parent")]
     | Annotated[AccessRule, Tag("access")]
@@ -616,6 +624,8 @@ class CompiledPolicy:
             self._require(table, [rule.owner], where)
         elif isinstance(rule, FlagRule):
             self._require(table, [rule.flag], where)
+        elif isinstance(rule, UnsetRule):
+            self._require(table, [rule.unset], where)
         elif isinstance(rule, MemberRule):
             self._require(table, [rule.member.on], where)
         elif isinstance(rule, ParentRule):
@@ -692,6 +702,8 @@ class CompiledPolicy:
             return t.c[rule.owner] == as_subject(bound, t.c[rule.owner])  # type: ignore[no-any-return]
         if isinstance(rule, FlagRule):
             return t.c[rule.flag].is_(true())  # type: ignore[no-any-return]
+        if isinstance(rule, UnsetRule):
+            return t.c[rule.unset].is_(None)  # type: ignore[no-any-return]
         if isinstance(rule, MemberRule):
             spec = rule.member
             m = self._tables[spec.table].alias()
