@@ -107,7 +107,9 @@ def test_a_custom_policy_with_owner_parent_and_access_rules_compiles_to_the_stat
     compiled = CompiledPolicy(load_policy(write(tmp_path, CUSTOM)), metadata)
     table = compiled.models[model].table
     with admin.connect() as conn:
-        got = set(conn.execute(sa.select(table.c.id).where(compiled.model_scope(model, str(demo.BOB)))).scalars())
+        got = set(
+            conn.execute(sa.select(table.c.id).where(compiled.model_scope(model, str(demo.BOB)))).scalars()
+        )
         want = set(conn.execute(sa.text(CUSTOM_EXPECTED[model]), {"uid": demo.BOB}).scalars())
     assert got == want
     assert got, "bob has rows of every custom model in the demo"
@@ -403,7 +405,7 @@ MISTYPED = [
     ),
     pytest.param(
         'scope = { any = [{ owner = "user_id" }, { membr = { table = "t", key = "k" } }] }',
-        "models.Item.scope.any[1]: unknown rule 'membr'; rules: owner, flag, member",
+        "models.Item.scope.any[1]: unknown rule 'membr'; rules: owner, flag, unset, member",
         id="rule-in-any",
     ),
     pytest.param(

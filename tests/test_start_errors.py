@@ -54,7 +54,11 @@ def one_line(done: subprocess.CompletedProcess[str]) -> str:
 POLICIES = [
     pytest.param(
         SPARK.replace('scope = { owner = "user_id" }', 'scope = { ownr = "user_id" }', 1),
-        ["models.PortfolioItem.scope", "'ownr'", "owner, flag, member, parent, access, any, all"],
+        [
+            "models.PortfolioItem.scope",
+            "'ownr'",
+            "owner, flag, unset, member, parent, access, role, public, any, all",
+        ],
         id="a mistyped rule",
     ),
     pytest.param(

@@ -414,7 +414,8 @@ class FilterPlanner:
             if op == "isEmpty":
                 if not isinstance(value, bool):
                     raise FilterError(f"isEmpty on {field} takes true or false, not {value!r}")
-                # Against a bound empty array rather than cardinality(), so a GIN index serves "= '{}'".
+                # Against a bound empty array rather than cardinality(), so a GIN index serves "= '{}'";
+                # either way a NULL list is neither empty nor not.
                 parts.append(("array", field, "=" if value else "<>", self.bind([])))
                 continue
             if op == "equals" and value is None:
@@ -428,11 +429,14 @@ class FilterPlanner:
                     )
                 values = [value]
             elif not isinstance(value, list) or len(value) > MAX_IN_VALUES:
-                raise FilterError(f"{op} on {field} takes a list of at most {MAX_IN_VALUES} values")
+                hint = "; for lists that hold one value, use has" if not isinstance(value, list) else ""
+                raise FilterError(f"{op} on {field} takes a list of at most {MAX_IN_VALUES} values{hint}")
             else:
                 values = value
             converted = convert_list(column, field, op, values)
-            sql_op = {"equals": "=", "hasSome": "&&"}.get(op, "@>")  # has and hasEvery: contains
+            # The structure names the SQL operator: has and hasEvery are both "contains" (@>), and
+            # equals with [] is isEmpty, so requests that read the same SQL share one statement.
+            sql_op = {"equals": "=", "hasSome": "&&"}.get(op, "@>")
             parts.append(("array", field, sql_op, self.bind(converted)))
         return ("and", tuple(parts))
 
@@ -570,9 +574,12 @@ def _cursor_value(column: Column[Any], field: str, value: Any) -> Any:
     if kind == "number" and isinstance(value, str):
         return _cursor_number(value)
     if kind == "array":
-        if not isinstance(value, list):
-            raise FilterError("cursor is not one this server issued")
-        return convert_list(column, field, "the cursor", value, cursor=True)
+        try:
+            if not isinstance(value, list):
+                raise FilterError(field)
+            return convert_list(column, field, "cursor", value, cursor=True)
+        except FilterError as exc:
+            raise FilterError("cursor is not one this server issued") from exc
     return convert(column, field, value)
 
 
