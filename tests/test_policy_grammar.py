@@ -45,7 +45,8 @@ INSERT INTO profiles VALUES ('{ALICE}', 'alice@example.com', 'USER'), ('{BOB}', 
 INSERT INTO projects VALUES ('p-alice', 'Alice''s', '{ALICE}'), ('p-bob', 'Bob''s', '{BOB}'),
   ('p-none', 'Nobody''s', NULL);
 INSERT INTO "DataRecord" VALUES ('r-alice-1', 'p-alice', 'a1', NULL),
-  ('r-alice-2', 'p-alice', 'a2', 'r-alice-1'), ('r-bob-1', 'p-bob', 'b1', NULL), ('r-none-1', 'p-none', 'n1', NULL);
+  ('r-alice-2', 'p-alice', 'a2', 'r-alice-1'), ('r-bob-1', 'p-bob', 'b1', NULL),
+  ('r-none-1', 'p-none', 'n1', NULL);
 INSERT INTO likert_scores VALUES ('l-alice', '{ALICE}', 5), ('l-bob', '{BOB}', 3),
   ('l-llm', '00000000-0000-0000-0000-000000000000', 7);
 INSERT INTO settings VALUES ('ai_provider', 'lmstudio');
