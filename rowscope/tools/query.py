@@ -42,7 +42,9 @@ Where = Annotated[
     Field(
         description=(
             "Prisma-style filter: {field: value} or {field: {equals|not|in|notIn|lt|lte|gt|gte|"
-            "contains|startsWith|endsWith: value, mode: 'insensitive'}}, combined with AND, OR, NOT."
+            "contains|startsWith|endsWith: value, mode: 'insensitive'}}; on list fields "
+            "{field: {has: v} | {hasSome: [..]} | {hasEvery: [..]} | {isEmpty: true|false}}; "
+            "combined with AND, OR, NOT."
         )
     ),
 ]
