@@ -244,6 +244,13 @@ class NowValue(_Strict):
     now: Literal[True]
 
 
+class ChunkIndexValue(_Strict):
+    """``{ chunk_index = true }``: the chunk's position in the text it was cut from, from 0 (seed
+    002's ``chunk_index``, seed 003's ``chunkIndex``)."""
+
+    chunk_index: Literal[True]
+
+
 class KnowledgeSpec(_Strict):
     """The embedding store that retrieval searches and training writes: one row per chunk, each
     under a parent (a *collection*: Spark's spark, Tzurot's personality) that the access rule
@@ -280,8 +287,9 @@ class KnowledgeSpec(_Strict):
     # Retrieval filters the assistant may use, argument name -> column (``channel = "channelId"``):
     # equality (or one of a list) on search; on add, the value is written into the column.
     filters: dict[Name, Name] = Field(default_factory=dict)
-    # Columns rowscope sets on every insert: ``{ user = true }``, ``{ value = ... }`` or ``{ now = true }``.
-    on_insert: dict[Name, UserValue | FixedValue | NowValue] = Field(default_factory=dict)
+    # Columns rowscope sets on every insert: ``{ user = true }``, ``{ value = ... }``, ``{ now = true }``
+    # or ``{ chunk_index = true }``.
+    on_insert: dict[Name, UserValue | FixedValue | NowValue | ChunkIndexValue] = Field(default_factory=dict)
     # A boolean column saying whether a row is in the approximate-search index yet, with the index
     # partial on it (Spark: migration 0007). Set, rowscope inserts chunks with it false, search
     # scores those exactly until the background indexer (db/indexer.py) sets it; unset, chunks are
