@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -26,6 +27,9 @@ from rowscope.db.guard import (
     statement_mode_refused,
 )
 from rowscope.server.settings import Settings
+
+if TYPE_CHECKING:
+    from rowscope.db.rls import Compared
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +78,28 @@ def require_current_schema(url: str) -> None:
 
 def require_servable(settings: Settings, url: str) -> None:
     """Refuse to serve, in one line, where the policy does not match the database (a table or
-    column it names is missing) or row-level security could not hold (``db/guard.py``). Run once
-    before serving (by ``stdio``, and by ``serve`` or the parent of its workers), so a failure is
-    the CLI's one line and not a traceback from inside a server's lifespan."""
+    column it names is missing), row-level security could not hold (``db/guard.py``) or, unless
+    ``settings.rls_check`` is off, lock 2 does not give the sampled users what the policy gives
+    (``db/rls.py``). Run once before serving (by ``stdio``, and by ``serve`` or the parent of its
+    workers), so a failure is the CLI's one line and not a traceback from inside a server's lifespan."""
+    from rowscope.db.rls import RlsMismatch
+
+    try:
+        prove_servable(settings, url, rls=settings.rls_check)
+    except RlsMismatch as exc:
+        raise DatabaseSetupError(
+            f"refusing to serve: {exc} (or start with --no-rls-check, ROWSCOPE_RLS_CHECK=off)"
+        ) from None
+    except LockRefused as exc:
+        raise DatabaseSetupError(f"refusing to serve: {exc}") from None
+
+
+def prove_servable(settings: Settings, url: str, *, rls: bool) -> Compared | None:
+    """The checks of :func:`require_servable`, raising :class:`LockRefused` (``rls.RlsMismatch``
+    for lock 2's row sets); what ``rowscope rls check`` compared, when ``rls``."""
     import anyio
 
+    from rowscope.db import rls as rls_check
     from rowscope.db.policy import PolicyError, load_policy, policy_origin
     from rowscope.server.app import tool_url
     from rowscope.server.runtime import compile_policy
@@ -86,24 +107,25 @@ def require_servable(settings: Settings, url: str) -> None:
     policy = load_policy(settings.policy)
     database = Database(DatabaseUrl.parse(url), tool_url=tool_url(settings), pool_size=1)
 
-    async def check() -> None:
+    async def check() -> Compared | None:
         try:
             with database_failures(database.url):
                 try:
-                    await compile_policy(database, policy)
+                    compiled = await compile_policy(database, policy)
                 except PolicyError as exc:
                     raise PolicyError(
                         f"{policy_origin(settings.policy)} does not match the database: {exc}"
                     ) from None
             with database_failures(database.tool_url, tool=True):
                 await database.verify(policy.table_names())
+            if not rls:
+                return None
+            with database_failures(database.url):
+                return await rls_check.check(database, compiled)
         finally:
             await database.dispose()
 
-    try:
-        anyio.run(check)
-    except LockRefused as exc:
-        raise DatabaseSetupError(f"refusing to serve: {exc}") from None
+    return anyio.run(check)
 
 
 @contextmanager

@@ -44,6 +44,12 @@ class Settings(BaseSettings):
         default=None,
         description="A scoping policy TOML file. Unset: the bundled Spark policy.",
     )
+    rls_check: bool = Field(
+        default=True,
+        description="Before serving (serve, stdio), prove that lock 2 (row-level security) gives the "
+        "sampled users the same rows as the policy (`rowscope rls check`); off (or --no-rls-check) "
+        "skips only that comparison, never the check that every policy table has row-level security.",
+    )
     pool_size: int = Field(
         default=10, ge=1, le=200, description="Connections per process, in each of its three pools."
     )
