@@ -56,13 +56,6 @@ DROP POLICY IF EXISTS "rowscope_memories_delete" ON "public"."memories";
 CREATE POLICY "rowscope_memories_delete" ON "public"."memories" FOR DELETE TO rowscope_tool
   USING ("personalityId" IN (SELECT "public"."rowscope_personality_writable"()));
 
--- user_profiles: users
-GRANT SELECT ON "public"."user_profiles" TO rowscope_tool;
-ALTER TABLE "public"."user_profiles" ENABLE ROW LEVEL SECURITY;
-DROP POLICY IF EXISTS "rowscope_user_profiles_select" ON "public"."user_profiles";
-CREATE POLICY "rowscope_user_profiles_select" ON "public"."user_profiles" FOR SELECT TO rowscope_tool
-  USING ("id" = "public"."rowscope_subject"()::uuid);
-
 -- knowledge_chunks: rowscope's bookkeeping for the chunks of memories
 GRANT SELECT, INSERT, DELETE ON "public"."knowledge_chunks" TO rowscope_tool;
 ALTER TABLE "public"."knowledge_chunks" ENABLE ROW LEVEL SECURITY;

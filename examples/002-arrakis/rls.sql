@@ -57,13 +57,6 @@ DROP POLICY IF EXISTS "rowscope_tool_uses_select" ON "public"."tool_uses";
 CREATE POLICY "rowscope_tool_uses_select" ON "public"."tool_uses" FOR SELECT TO rowscope_tool
   USING (true);
 
--- user_profiles: users
-GRANT SELECT ON "public"."user_profiles" TO rowscope_tool;
-ALTER TABLE "public"."user_profiles" ENABLE ROW LEVEL SECURITY;
-DROP POLICY IF EXISTS "rowscope_user_profiles_select" ON "public"."user_profiles";
-CREATE POLICY "rowscope_user_profiles_select" ON "public"."user_profiles" FOR SELECT TO rowscope_tool
-  USING ("id" = "public"."rowscope_subject"()::uuid);
-
 -- knowledge_chunks: rowscope's bookkeeping for the chunks of conversation_embeddings
 GRANT SELECT, INSERT, DELETE ON "public"."knowledge_chunks" TO rowscope_tool;
 ALTER TABLE "public"."knowledge_chunks" ENABLE ROW LEVEL SECURITY;

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from sqlalchemy import String, Text, bindparam, cast, false, literal_column, or_, select, text
+from sqlalchemy import String, Text, bindparam, cast, false, func, literal_column, or_, select, text
 from sqlalchemy import column as sa_column
 from sqlalchemy import table as sa_table
 from sqlalchemy import types as sqltypes
@@ -351,11 +351,36 @@ def _policy(name: str, table: str, command: str, using: str | None, check: str |
     ]
 
 
+# rowscope's own account table. As an application's users table (the default, for applications
+# without one of their own: seeds 001, 002) it is rowscope's, not the application's: its lock 2 is
+# migration 0002's (a transaction reads its own account, by ``rowscope_user_id()``), and an account's
+# subject need not be of its id's type (001's are Discord ids), so the plan and the check leave it
+# alone unless a model or a rule reads it.
+OWN_USERS = "user_profiles"
+
+
+def own_accounts_only(policy: PolicyFile) -> bool:
+    """Whether the policy names rowscope's own account table only as its users table."""
+    if policy.users.table != OWN_USERS:
+        return False
+    named = {m.table for m in policy.models.values()} | {a.table for a in policy.access.values()}
+    for rule in _rules(policy):
+        if isinstance(rule, MemberRule):
+            named.add(rule.member.table)
+        if isinstance(rule, RoleRule):
+            named.add(rule.role.table or policy.users.table)
+    if policy.knowledge is not None:
+        named.add(policy.knowledge.table)
+    return OWN_USERS not in named
+
+
 def render(policy: PolicyFile, catalog: Catalog, origin: str) -> str:
     """The migration, as text: the same policy and catalog give the same text."""
     planner = _Planner(policy, catalog)
     blocks: list[list[str]] = []
     for name in sorted(policy.table_names()):
+        if name == OWN_USERS and own_accounts_only(policy):
+            continue
         info = catalog.tables[name]
         reads, roles = planner.reads(name)
         lines = [f"-- {name}: {', '.join(roles)}", f"GRANT SELECT ON {info.sql} TO {TOOL_ROLE};"]
@@ -568,8 +593,9 @@ def _targets(compiled: CompiledPolicy) -> list[_Target]:
         column = compiled.table(k.table).c[k.parent_column]
         add(k.table, "knowledge", lambda s: column.in_(compiled.access_ids(k.access, "read", s)), k.id_column)
     users = policy.users
-    users_id = compiled.table(users.table).c[users.id_column]
-    add(users.table, "users", lambda s: _is_subject(users_id, s), users.id_column)
+    if not own_accounts_only(policy):
+        users_id = compiled.table(users.table).c[users.id_column]
+        add(users.table, "users", lambda s: _is_subject(users_id, s), users.id_column)
     for rule in _rules(policy):
         if isinstance(rule, MemberRule):
             m = compiled.table(rule.member.table).c[rule.member.user]
@@ -630,7 +656,11 @@ async def check(database: Database, compiled: CompiledPolicy, *, subjects: int =
     side = _side(compiled)
     if side is not None:
         targets.append(side)
-    user_id = compiled.table(policy.users.table).c[policy.users.id_column]
+    user_id: Any = compiled.table(policy.users.table).c[policy.users.id_column]
+    if policy.users.table == OWN_USERS:
+        # rowscope's accounts: their subjects (an explicit one, or the account's own id).
+        own = compiled.table(OWN_USERS)
+        user_id = func.coalesce(own.c.subject, cast(own.c.id, Text())) if "subject" in own.c else user_id
     compared = Compared()
     async with database.service_transaction() as conn:
         sampled = (await conn.execute(select(user_id).order_by(user_id).limit(subjects))).scalars().all()
