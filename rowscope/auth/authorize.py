@@ -17,10 +17,15 @@ client, and every parameter is validated again. Codes live ``code_ttl`` seconds.
 names the host of a metadata-document client's ``client_id`` (what the name was fetched from), and
 says in plain words that a dynamically registered client is unverified: its name is whatever it
 called itself. Form posts are read up to ``MAX_FORM`` bytes (413 past it).
+
+Where the policy names the application's own users table, it decides who may sign in
+(``db/accounts.py``): a password sign-in, and every code issued for a session, looks the user's
+subject up in it again, and an email it lacks gets no session and no code.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from dataclasses import dataclass
@@ -35,7 +40,7 @@ from starlette.routing import Route
 
 from rowscope.auth import pages, passwords, scopes, sessions, store, throttle
 from rowscope.auth.clients import find_client, redirect_uri_matches
-from rowscope.auth.context import AuthContext
+from rowscope.auth.context import ACCOUNT_REFUSED, NOT_AN_APPLICATION_USER, AuthContext
 from rowscope.auth.errors import (
     AccessDenied,
     InvalidRequest,
@@ -46,7 +51,10 @@ from rowscope.auth.errors import (
     UnauthorizedClient,
     UnsupportedResponseType,
 )
+from rowscope.db.accounts import AccountError, NotAnApplicationUser
 from rowscope.server.bodies import request_form
+
+log = logging.getLogger(__name__)
 
 PARAMS = (
     "response_type",
@@ -174,6 +182,15 @@ def error_redirect(auth: AuthContext, redirect_uri: str, error: OAuthError, stat
 async def grant(
     auth: AuthContext, conn: AsyncConnection, request: AuthorizationRequest, user: uuid.UUID
 ) -> Response:
+    # A session outlives its sign-in: the application's users table is asked again before a code
+    # (and so a token) is issued for it.
+    try:
+        if await auth.admit(conn, user):
+            auth.forget(user)
+    except AccountError as exc:
+        log.info("authorization refused: %s", exc)
+        message = NOT_AN_APPLICATION_USER if isinstance(exc, NotAnApplicationUser) else ACCOUNT_REFUSED
+        return pages.error_page("Cannot authorize this application", message, 403)
     code = await store.issue_code(
         conn,
         client_id=request.client.client_id,
@@ -315,9 +332,24 @@ def routes(auth: AuthContext) -> list[Route]:
             user = await passwords.verify(credential, password, auth.hashing)
         if user is None:
             return again("The email or password is not right.")
+        not_admitted: str | None = None
         async with auth.database.service_transaction() as conn:
             await throttle.succeeded(conn, recorded)
-            token = await store.create_session(conn, user, auth.session_ttl)
+            # The application's own users table, if the policy names one, decides who signs in.
+            try:
+                changed = await auth.admit(conn, user)
+            except NotAnApplicationUser as exc:
+                log.info("sign-in refused: %s", exc)
+                not_admitted = NOT_AN_APPLICATION_USER
+            except AccountError as exc:
+                log.warning("sign-in refused: %s", exc)
+                not_admitted = ACCOUNT_REFUSED
+            else:
+                token = await store.create_session(conn, user, auth.session_ttl)
+        if not_admitted is not None:
+            return again(not_admitted, 403)
+        if changed:
+            auth.forget(user)
         response = RedirectResponse(return_to, status_code=303)
         sessions.set_cookie(
             response,

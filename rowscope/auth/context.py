@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from dataclasses import dataclass, field
 
 import anyio
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from rowscope.auth.cimd import ClientDocumentFetcher
+from rowscope.db.accounts import refresh_subject
 from rowscope.db.engine import Database
+from rowscope.db.policy import UsersSpec, load_policy
+from rowscope.db.subjects import Subjects
 from rowscope.server.settings import Settings
+
+# What a sign-in page says when AuthContext.admit refuses (the operator's detail stays in the log).
+NOT_AN_APPLICATION_USER = "This email address is not one of the application's users: it cannot sign in here."
+ACCOUNT_REFUSED = "This account cannot sign in right now; ask an administrator."
 
 
 @dataclass
@@ -19,11 +28,27 @@ class AuthContext:
     fetcher: ClientDocumentFetcher
     # The runtime's limiter of password verifications (auth/passwords.py).
     hashing: anyio.CapacityLimiter
+    # The runtime's cache of accounts' subjects, told when a sign-in changes one (None: no cache).
+    subjects: Subjects | None = None
     # Host header value -> the MCP endpoint's resource identifier on that host (Settings.host_resources).
     host_resources: dict[str, str] = field(init=False)
+    # The policy's [users]: an application's own users table decides who may sign in.
+    users: UsersSpec = field(init=False)
 
     def __post_init__(self) -> None:
         self.host_resources = self.settings.host_resources
+        self.users = load_policy(self.settings.policy).users
+
+    async def admit(self, conn: AsyncConnection, account: uuid.UUID) -> bool:
+        """At sign-in: with an application users table, record the account's subject from it by
+        email, or refuse (``AccountError``; ``NotAnApplicationUser`` for an email it lacks) so the
+        sign-in ends without a session. Whether the subject changed: then :meth:`forget` it once
+        the transaction has committed."""
+        return await refresh_subject(conn, self.users, account)
+
+    def forget(self, account: uuid.UUID) -> None:
+        if self.subjects is not None:
+            self.subjects.forget(account)
 
     @property
     def issuer(self) -> str:

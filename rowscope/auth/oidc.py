@@ -23,6 +23,10 @@ Mapping the upstream subject to a rowscope user (``user_profiles.id``), in this 
 4. No such user: one is created with that email (and ``name`` as display name), as applications
    built on Supabase or Google expect on a first sign-in, and the identity is linked to it.
 
+5. When the policy's ``[users]`` table is the application's own (not ``user_profiles``), it must
+   have the user's email: its id becomes the account's subject (``db/accounts.py``), refreshed at
+   every sign-in. An email it lacks is refused, and an account created by step 4 is not kept.
+
 Inserts use ``ON CONFLICT DO NOTHING`` and re-read, so two first sign-ins racing end on one user.
 """
 
@@ -48,8 +52,8 @@ from starlette.routing import Route
 
 from rowscope.auth import pages, sessions, store
 from rowscope.auth.authorize import safe_return_to
-from rowscope.auth.context import AuthContext
-from rowscope.db.accounts import AccountError, normalise_email
+from rowscope.auth.context import ACCOUNT_REFUSED, NOT_AN_APPLICATION_USER, AuthContext
+from rowscope.db.accounts import AccountError, NotAnApplicationUser, normalise_email
 from rowscope.db.models import UserIdentity, UserProfile
 from rowscope.server.settings import Settings
 
@@ -153,6 +157,19 @@ async def map_user(conn: AsyncConnection, upstream: UpstreamUser, provider_name:
     return winner
 
 
+async def admit(auth: AuthContext, conn: AsyncConnection, user: uuid.UUID) -> bool:
+    """Step 5 of the module docstring: the application's users table, when the policy names one,
+    must have the user's email; a refusal rolls back an account step 4 created."""
+    try:
+        return await auth.admit(conn, user)
+    except NotAnApplicationUser as exc:
+        log.info("OIDC sign-in refused: %s", exc)
+        raise SigninRefused(403, NOT_AN_APPLICATION_USER) from exc
+    except AccountError as exc:
+        log.warning("OIDC sign-in refused: %s", exc)
+        raise SigninRefused(403, ACCOUNT_REFUSED) from exc
+
+
 def _session_middleware(settings: Settings) -> Middleware:
     assert settings.secret_key is not None  # Settings refuses oidc_issuer without one
     secure = settings.base_url.startswith("https://")
@@ -236,7 +253,10 @@ def routes(auth: AuthContext) -> list[Route]:
             upstream = UpstreamUser.from_claims(issuer, dict(claims))
             async with auth.database.service_transaction() as conn:
                 user = await map_user(conn, upstream, name)
+                changed = await admit(auth, conn, user)
                 session = await store.create_session(conn, user, auth.session_ttl)
+            if changed:
+                auth.forget(user)
         except MismatchingStateError:
             return _clear(
                 request, refused(400, "This sign-in has expired or began in another browser; start again.")

@@ -1,10 +1,25 @@
 """Users and API keys: rowscope's own bookkeeping, run as the service role (never by tools).
 
-A user is a row of the application's users table (``user_profiles``); rowscope keeps its own
-account data beside it, in the tables of :data:`ACCOUNT_TABLES`. Removing a user's account
-(:func:`remove_account`) deletes that data and nothing else: the profile row and every application
-row (sparks, portfolio items, chats, teams) stay as they are. To delete the person altogether the
-application deletes its profile row, and rowscope's rows follow by ``ON DELETE CASCADE``.
+A user is an account, a row of ``user_profiles`` (Spark's users table, and rowscope's own account
+table for every application); rowscope keeps its own account data beside it, in the tables of
+:data:`ACCOUNT_TABLES`. Removing a user's account (:func:`remove_account`) deletes that data and
+nothing else: the profile row and every application row (sparks, portfolio items, chats, teams)
+stay as they are. To delete the person altogether the application deletes its profile row, and
+rowscope's rows follow by ``ON DELETE CASCADE``.
+
+Each account acts as a *subject*, the application's own id for the user (``db/subjects.py``):
+
+* The policy's ``[users]`` table is another table (seed 004's ``profiles``, 003's ``"User"``,
+  ``auth.users``): that table decides. ``users add``, ``stdio --user`` and every sign-in look the
+  account's email up in it (its email column, compared in lower case) and record its id, as text,
+  in ``user_profiles.subject`` (:func:`refresh_subject`). An email the table does not have is
+  refused (:class:`NotAnApplicationUser`): nobody is served as a subject the application does not
+  know, and nobody signs in who is not one of its users.
+* It is ``user_profiles`` (Spark; applications without a users table): an account is its own
+  subject, unless ``users add --subject`` recorded one (seed 001's Discord ids).
+
+Two accounts never hold one subject (a unique column, and a check here that names the other
+account, counting an account without a subject as holding its own id).
 """
 
 from __future__ import annotations
@@ -16,9 +31,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import Text, and_, cast, column, delete, false, func, or_, select, table, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import quoted_name
+from sqlalchemy.sql.expression import TableClause
 
 from rowscope.db.models import (
     ApiKey,
@@ -31,6 +48,7 @@ from rowscope.db.models import (
     UserIdentity,
     UserProfile,
 )
+from rowscope.db.policy import UsersSpec, table_key
 
 KEY_PREFIX = "rsk_"
 
@@ -63,16 +81,145 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-async def add_user(conn: AsyncConnection, email: str, display_name: str | None = None) -> uuid.UUID:
-    """Create the user, or return the existing one's id."""
+async def add_user(
+    conn: AsyncConnection,
+    email: str,
+    display_name: str | None = None,
+    *,
+    users: UsersSpec | None = None,
+    subject: str | None = None,
+) -> uuid.UUID:
+    """Create the user, or return the existing one's id, and record its subject (module docstring):
+    with an application users table (``users``), the id that table has for the email, checked
+    before anything is written; else ``subject`` when given (an existing account's is replaced,
+    never cleared)."""
     email = normalise_email(email)
+    if users is not None and has_app_users(users):
+        if subject is not None:
+            raise AccountError(
+                f"--subject is for applications without a users table: this policy's users are "
+                f"{users.table}, whose {users.id_column} is each user's subject"
+            )
+        subject = await app_subject(conn, users, email)
+    elif subject is not None:
+        subject = checked_subject(subject)
     statement = (
         insert(UserProfile)
         .values(email=email, display_name=display_name)
         .on_conflict_do_nothing(index_elements=["email"])
     )
     await conn.execute(statement)
-    return await user_id(conn, email)
+    account = await user_id(conn, email)
+    if subject is not None:
+        await set_subject(conn, account, subject)
+    return account
+
+
+def has_app_users(users: UsersSpec) -> bool:
+    """Whether the policy's users are the application's own table, not rowscope's accounts."""
+    return table_key(users.table) != "user_profiles"
+
+
+class NotAnApplicationUser(AccountError):
+    """An email the application's users table does not have (or has more than once)."""
+
+
+def app_users_table(users: UsersSpec) -> TableClause:
+    """The application's users table as SQL names it: every part quoted, as the policy spells it
+    (``auth.users``, ``"User"``), whatever the case."""
+    schema, _, name = table_key(users.table).rpartition(".")
+    return table(
+        quoted_name(name, quote=True),
+        column(quoted_name(users.id_column, quote=True)),
+        column(quoted_name(users.email_column, quote=True)),
+        schema=quoted_name(schema, quote=True) if schema else None,
+    )
+
+
+async def app_subject(conn: AsyncConnection, users: UsersSpec, email: str) -> str:
+    """The id (as text) that the application's users table has for ``email``, compared in lower
+    case; run as the owner role, which the table's row-level security does not bind."""
+    t = app_users_table(users)
+    subject = cast(t.c[users.id_column], Text)
+    found = (
+        (
+            await conn.execute(
+                select(subject)
+                .distinct()
+                .where(func.lower(t.c[users.email_column]) == func.lower(email))
+                .limit(2)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    if not found:
+        raise NotAnApplicationUser(
+            f"{users.table} has no user with the {users.email_column} {email}: add them to the "
+            "application first"
+        )
+    if len(found) > 1:
+        raise NotAnApplicationUser(
+            f"{users.table} has more than one user with the {users.email_column} {email} (ignoring "
+            "case), so it does not say which one they are"
+        )
+    return str(found[0])
+
+
+SUBJECT_LIMIT = 320
+
+
+def checked_subject(subject: str) -> str:
+    subject = subject.strip()
+    if not subject or len(subject) > SUBJECT_LIMIT:
+        raise AccountError(f"a subject is 1 to {SUBJECT_LIMIT} characters, the application's id for the user")
+    return subject
+
+
+async def set_subject(conn: AsyncConnection, account: uuid.UUID, subject: str) -> bool:
+    """Record ``subject`` on the account; whether it changed. Refused when another account holds
+    it (its own, or its id when it has none)."""
+    try:
+        same_id = UserProfile.id == uuid.UUID(subject)
+    except ValueError:
+        same_id = false()
+    holder = (
+        await conn.execute(
+            select(UserProfile.email).where(
+                UserProfile.id != account,
+                or_(UserProfile.subject == subject, and_(UserProfile.subject.is_(None), same_id)),
+            )
+        )
+    ).scalar()
+    if holder is not None:
+        raise AccountError(
+            f"the subject {subject} is {holder}'s already: two accounts would act as one user of the "
+            "application"
+        )
+    changed = await conn.execute(
+        update(UserProfile)
+        .where(UserProfile.id == account, UserProfile.subject.is_distinct_from(subject))
+        .values(subject=subject)
+    )
+    return bool(changed.rowcount)
+
+
+async def subject_of(conn: AsyncConnection, account: uuid.UUID) -> str | None:
+    """The subject recorded on the account; None: it is its own subject."""
+    found: str | None = (
+        await conn.execute(select(UserProfile.subject).where(UserProfile.id == account))
+    ).scalar()
+    return found
+
+
+async def refresh_subject(conn: AsyncConnection, users: UsersSpec, account: uuid.UUID) -> bool:
+    """With an application users table, look the account's email up in it and record the id as
+    the account's subject (``stdio --user`` and every sign-in); whether the subject changed (the
+    caller then forgets any cached one). Nothing to do for rowscope's own users."""
+    if not has_app_users(users):
+        return False
+    email = (await conn.execute(select(UserProfile.email).where(UserProfile.id == account))).scalar_one()
+    return await set_subject(conn, account, await app_subject(conn, users, email))
 
 
 async def find_user(conn: AsyncConnection, email: str) -> uuid.UUID | None:
@@ -106,6 +253,7 @@ ACCOUNT_TABLES: dict[str, type[Base]] = {
 class UserInfo:
     id: uuid.UUID
     email: str
+    subject: str | None  # the application's id for the account; None: its own id
     password: bool
     identities: int  # links to an upstream OpenID Connect subject
     keys: int  # live API keys
@@ -120,6 +268,7 @@ async def list_users(conn: AsyncConnection) -> list[UserInfo]:
     statement = select(
         UserProfile.id,
         UserProfile.email,
+        UserProfile.subject,
         select(UserCredential.user_id).where(UserCredential.user_id == UserProfile.id).exists(),
         count(UserIdentity),
         count(ApiKey, ApiKey.revoked_at.is_(None)),

@@ -15,6 +15,7 @@ import signal
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -34,6 +35,7 @@ from rowscope.db.policy import PolicyError, load_policy
 from rowscope.server.database import (
     DatabaseSetupError,
     database_failures,
+    prove_servable,
     require_current_schema,
     require_servable,
     resolve_database,
@@ -84,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     # A child of --workers N, given its parent's pid: it ends when that process does.
     serve.add_argument("--worker", type=int, metavar="PARENT_PID", help=argparse.SUPPRESS)
+    serve.add_argument(
+        "--no-rls-check",
+        action="store_true",
+        help="start without comparing lock 2's rows with the policy's for sampled users "
+        "(ROWSCOPE_RLS_CHECK=off); row-level security on every policy table is still required",
+    )
 
     stdio = sub.add_parser(
         "stdio",
@@ -92,14 +100,49 @@ def _parser() -> argparse.ArgumentParser:
         "closes or SIGINT or SIGTERM arrives. Logs go to standard error.",
     )
     stdio.add_argument("--user", required=True, metavar="EMAIL", help="the user every call runs as")
+    stdio.add_argument(
+        "--no-rls-check",
+        action="store_true",
+        help="start without comparing lock 2's rows with the policy's for sampled users "
+        "(ROWSCOPE_RLS_CHECK=off); row-level security on every policy table is still required",
+    )
 
     sub.add_parser("migrate", help="migrate the database to the newest schema")
+
+    rls = sub.add_parser(
+        "rls", help="lock 2: write and check the row-level security a policy needs"
+    ).add_subparsers(dest="action", required=True)
+    rls_plan = rls.add_parser(
+        "plan",
+        help="write a reviewable SQL migration of the row-level security for the tool role that the "
+        "policy needs (grants, ENABLE ROW LEVEL SECURITY, policies), from the policy and the database",
+    )
+    rls_plan.add_argument("--policy", type=Path, metavar="FILE", help="the policy (ROWSCOPE_POLICY)")
+    rls_plan.add_argument(
+        "--output", type=Path, metavar="FILE", help="write it here (default: standard output)"
+    )
+    rls_check = rls.add_parser(
+        "check",
+        help="prove that every policy table has row-level security for the tool role and that, for "
+        "sampled users, it gives the same rows as the policy (exit 1 when it does not)",
+    )
+    rls_check.add_argument("--policy", type=Path, metavar="FILE", help="the policy (ROWSCOPE_POLICY)")
     sub.add_parser("index", help="add every knowledge chunk still waiting for the background indexer")
 
     users = sub.add_parser("users", help="manage users").add_subparsers(dest="action", required=True)
-    add = users.add_parser("add", help="create a user")
+    add = users.add_parser(
+        "add",
+        help="create a user, or update one's subject; with the policy's own [users] table, the user "
+        "must be in it and its id is their subject",
+    )
     add.add_argument("email")
     add.add_argument("--name", help="display name")
+    add.add_argument(
+        "--subject",
+        metavar="ID",
+        help="the application's id for the user, where the policy has no [users] table of the "
+        "application's (default: the account's own id)",
+    )
     add.add_argument(
         "--password-stdin", action="store_true", help="read a sign-in password from standard input"
     )
@@ -187,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         given = {"host": args.host, "port": args.port, "workers": args.workers}
         overrides = {k: v for k, v in given.items() if v is not None}
+    if getattr(args, "no_rls_check", False):
+        overrides["rls_check"] = False
+    if args.command == "rls" and args.policy is not None:
+        overrides["policy"] = args.policy
     try:
         settings = Settings(**overrides)
         return COMMANDS[args.command](settings, args)
@@ -301,12 +348,15 @@ def cmd_stdio(settings: Settings, args: argparse.Namespace) -> int:
 
     url, _embedded = _database(settings)
     require_servable(settings, url)
+    users = load_policy(settings.policy).users
 
     async def run() -> None:
         database = Database(DatabaseUrl.parse(url), pool_size=1)
         try:
             async with database.service_transaction() as conn:
                 user = await accounts.user_id(conn, args.user)
+                # With the application's own users table, it says who the user is (db/accounts.py).
+                await accounts.refresh_subject(conn, users, user)
         finally:
             await database.dispose()
         runtime = build_runtime(settings, url, stdio_user=user)
@@ -352,6 +402,34 @@ def cmd_index(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rls(settings: Settings, args: argparse.Namespace) -> int:
+    from rowscope.db import rls
+    from rowscope.db.guard import LockRefused
+    from rowscope.db.policy import policy_origin
+
+    url, _embedded = _database(settings)
+    if args.action == "plan":
+        policy = load_policy(settings.policy)
+        with database_failures(url):
+            migration = anyio.run(
+                rls.plan, DatabaseUrl.parse(url).libpq, policy, policy_origin(settings.policy)
+            )
+        if args.output is None:
+            sys.stdout.write(migration)
+        else:
+            args.output.write_text(migration)
+            print(f"wrote {args.output}: review it, apply it as the tables' owner, then `rowscope rls check`")
+        return 0
+    try:
+        compared = prove_servable(settings, url, rls=True)
+    except LockRefused as exc:  # rls.RlsMismatch among them: the check ran and lock 2 fails it
+        print(f"rowscope: rls check failed: {exc}", file=sys.stderr)
+        return 1
+    assert compared is not None
+    print("\n".join(compared.summary()))
+    return 0
+
+
 def _read_password() -> str:
     password = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else getpass.getpass("Password: ")
     if not password:
@@ -361,12 +439,16 @@ def _read_password() -> str:
 
 def cmd_users(settings: Settings, args: argparse.Namespace) -> int:
     password = _read_password() if args.action == "passwd" or getattr(args, "password_stdin", False) else None
+    users = load_policy(settings.policy).users if args.action == "add" else None
 
     async def add(conn: Any) -> int:
-        user = await accounts.add_user(conn, args.email, args.name)
+        user = await accounts.add_user(conn, args.email, args.name, users=users, subject=args.subject)
         if password is not None:
             await set_password(conn, user, password)
         print(f"{accounts.normalise_email(args.email)} {user}")
+        subject = await accounts.subject_of(conn, user)
+        if subject is not None:  # stdout stays "email id", as scripts read it
+            print(f"subject {subject}", file=sys.stderr)
         return 0
 
     async def passwd(conn: Any) -> int:
@@ -378,8 +460,10 @@ def cmd_users(settings: Settings, args: argparse.Namespace) -> int:
     async def listing(conn: Any) -> int:
         for u in await accounts.list_users(conn):
             signs_in = "+".join(k for k, on in (("password", u.password), ("oidc", u.identities)) if on)
+            # The subject when it is not the account's own id (db/subjects.py).
+            subject = f"  subject {u.subject}" if u.subject is not None else ""
             print(
-                f"{u.email}  {u.id}  sign-in {signs_in or 'none'}  keys {u.keys}  "
+                f"{u.email}  {u.id}{subject}  sign-in {signs_in or 'none'}  keys {u.keys}  "
                 f"connections {u.connections}  sessions {u.sessions}"
             )
         return 0
@@ -498,6 +582,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "serve": cmd_serve,
     "stdio": cmd_stdio,
     "migrate": cmd_migrate,
+    "rls": cmd_rls,
     "index": cmd_index,
     "users": cmd_users,
     "keys": cmd_keys,
