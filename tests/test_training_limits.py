@@ -20,6 +20,7 @@ from pydantic import SecretStr
 
 from rowscope.db.engine import Database, DatabaseUrl
 from rowscope.db.knowledge import KnowledgeStore
+from rowscope.db.subjects import Caller
 from rowscope.embeddings.chunking import chunk_text
 from rowscope.server.app import build_mcp, build_runtime
 from rowscope.server.runtime import Runtime
@@ -210,7 +211,7 @@ async def test_a_second_check_of_one_user_waits_until_the_first_is_recorded(
     async def second() -> None:
         try:
             async with runtime.database.user_transaction(user) as conn:
-                await quota.reserve(conn, settings, store, user, spark, uuid.uuid4(), 3)
+                await quota.reserve(conn, settings, store, Caller.own(user), spark, uuid.uuid4(), 3)
             outcome.append("recorded")
         except ToolFailure:
             outcome.append("refused")
@@ -234,7 +235,7 @@ async def test_a_second_check_of_one_user_waits_until_the_first_is_recorded(
             anyio.create_task_group() as tasks,
             runtime.database.user_transaction(user) as first,
         ):
-            await quota.reserve(first, settings, store, user, spark, uuid.uuid4(), 3)
+            await quota.reserve(first, settings, store, Caller.own(user), spark, uuid.uuid4(), 3)
             tasks.start_soon(second)
             await anyio.to_thread.run_sync(until_the_second_waits_for_the_lock)
             assert outcome == []

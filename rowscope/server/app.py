@@ -31,20 +31,30 @@ from rowscope.auth.resource import BearerGuard
 from rowscope.auth.token_cache import TokenCache
 from rowscope.auth.verifier import RowscopeVerifier
 from rowscope.db.engine import Database, DatabaseUrl
-from rowscope.db.policy import load_policy
+from rowscope.db.policy import PolicyFile, load_policy
 from rowscope.embeddings import build_embedder
+from rowscope.embeddings.base import DEFAULT_DIMENSIONS
 from rowscope.server import home
 from rowscope.server.direct import DirectToolCalls
 from rowscope.server.runtime import Runtime
 from rowscope.server.settings import Settings
 from rowscope.tools import TOOLS, register_tools
 
-INSTRUCTIONS = (
-    "rowscope gives you the signed-in user's own data: query_records / count_records read their "
-    "records, list_sparks and search_knowledge read the knowledge of the sparks they may use, "
-    "add_training_content / remove_training_content change a spark's knowledge. Every call is "
-    "limited to this one user; there is no way to reach anyone else's rows."
-)
+
+def instructions(policy: PolicyFile) -> str:
+    """What the server tells the assistant, in the policy's nouns (Spark: sparks)."""
+    k = policy.knowledge
+    knowledge = (
+        f"{'list_' + k.collections} and search_knowledge read the knowledge of the {k.collections} they may "
+        f"use, add_training_content / remove_training_content change a {k.collection}'s knowledge"
+        if k is not None
+        else ""
+    )
+    return (
+        "rowscope gives you the signed-in user's own data: query_records / count_records read their "
+        f"records{', ' + knowledge if knowledge else ''}. Every call is "
+        "limited to this one user; there is no way to reach anyone else's rows."
+    )
 
 
 def tool_url(settings: Settings) -> DatabaseUrl | None:
@@ -56,6 +66,7 @@ def tool_url(settings: Settings) -> DatabaseUrl | None:
 
 def build_runtime(settings: Settings, database_url: str, *, stdio_user: uuid.UUID | None = None) -> Runtime:
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+    policy_file = load_policy(settings.policy)
     return Runtime(
         settings=settings,
         database=Database(
@@ -63,12 +74,13 @@ def build_runtime(settings: Settings, database_url: str, *, stdio_user: uuid.UUI
             tool_url=tool_url(settings),
             pool_size=settings.pool_size,
         ),
-        policy_file=load_policy(settings.policy),
+        policy_file=policy_file,
         embedder=build_embedder(
             openai_api_key=key,
             openai_base_url=settings.openai_base_url,
             openai_model=settings.embedding_model,
-            dimensions=1536,
+            # The knowledge store's vector length; without one, 1536 (seed 000's).
+            dimensions=policy_file.knowledge.dimensions if policy_file.knowledge else DEFAULT_DIMENSIONS,
             batch_size=settings.embedding_batch_size,
             timeout=settings.embedding_timeout,
         ),
@@ -99,7 +111,7 @@ def build_mcp(runtime: Runtime) -> MCPServer[Runtime]:
         "rowscope",
         title="rowscope",
         version=__version__,
-        instructions=INSTRUCTIONS,
+        instructions=instructions(runtime.policy_file),
         lifespan=lifespan,
     )
     register_tools(server, runtime.policy_file)
@@ -127,7 +139,13 @@ def build_http_app(runtime: Runtime) -> McpFirst:
         max_concurrent=settings.client_document_max_fetches,
         per_minute=settings.client_document_fetches_per_minute,
     )
-    auth = AuthContext(settings=settings, database=runtime.database, fetcher=fetcher, hashing=runtime.hashing)
+    auth = AuthContext(
+        settings=settings,
+        database=runtime.database,
+        fetcher=fetcher,
+        hashing=runtime.hashing,
+        subjects=runtime.subjects,
+    )
     # LISTEN cannot work through pgbouncer in transaction mode: there, every request is verified.
     cache = None if runtime.database.url.pgbouncer else TokenCache(runtime.database.url.libpq)
     if settings.direct_tool_calls:

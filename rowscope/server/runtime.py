@@ -20,6 +20,7 @@ from sqlalchemy import MetaData
 from rowscope.auth import passwords
 from rowscope.db.engine import Database
 from rowscope.db.indexer import Indexer
+from rowscope.db.knowledge import KnowledgeStore
 from rowscope.db.policy import CompiledPolicy, PolicyFile, table_key
 from rowscope.db.subjects import Subjects
 from rowscope.embeddings import Embedder
@@ -62,6 +63,8 @@ class Runtime:
         # lock 2 holds for every table, or refuse (db/guard.py)
         await self.database.verify(self.policy_file.table_names())
         knowledge = self.policy_file.knowledge
+        if knowledge is not None:
+            KnowledgeStore(self._policy)  # its columns fit the policy, or PolicyError (db/knowledge.py)
         if knowledge is not None and knowledge.indexed_column is not None:
             self.indexer = Indexer(
                 self.database,

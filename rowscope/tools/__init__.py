@@ -1,4 +1,6 @@
-"""Every tool rowscope serves, registered from the one list below."""
+"""Every tool rowscope serves, registered from the one list below (:func:`tools_for`): the query
+tools, and the knowledge tools named after the policy's ``[knowledge]`` nouns (tools/collections.py;
+none without a knowledge store)."""
 
 from __future__ import annotations
 
@@ -10,11 +12,11 @@ from mcp.server.mcpserver import MCPServer
 from mcp.types import ToolAnnotations
 
 from rowscope.db.policy import PolicyFile
+from rowscope.tools.collections import SPARK, Nouns, list_tool
 from rowscope.tools.query import count_records, query_records
 from rowscope.tools.results import compact
-from rowscope.tools.retrieve import search_knowledge
-from rowscope.tools.sparks import list_sparks
-from rowscope.tools.train import add_training_content, remove_training_content
+from rowscope.tools.retrieve import search_tool
+from rowscope.tools.train import add_tool, remove_tool
 
 
 @dataclass(frozen=True)
@@ -30,16 +32,27 @@ class ToolSpec:
 
 READ = {"read_only": True, "destructive": False, "idempotent": True}
 
-TOOLS: tuple[ToolSpec, ...] = (
-    ToolSpec(query_records, "Query your records", **READ),
-    ToolSpec(count_records, "Count your records", **READ),
-    ToolSpec(list_sparks, "List your sparks", **READ),
-    ToolSpec(search_knowledge, "Search spark knowledge", **READ),
-    # Adding the same text twice adds nothing the second time: idempotent, and never destructive.
-    ToolSpec(add_training_content, "Add training content", False, False, True, writes=True),
-    # Removing deletes chunks (destructive); removing again changes nothing more (idempotent).
-    ToolSpec(remove_training_content, "Remove training content", False, True, True, writes=True),
-)
+
+def tools_for(nouns: Nouns | None) -> tuple[ToolSpec, ...]:
+    """The tools, the knowledge tools named by ``nouns`` (None: the policy has no knowledge store)."""
+    tools = [
+        ToolSpec(query_records, "Query your records", **READ),
+        ToolSpec(count_records, "Count your records", **READ),
+    ]
+    if nouns is not None:
+        tools += [
+            ToolSpec(list_tool(nouns), f"List your {nouns.collections}", **READ),
+            ToolSpec(search_tool(nouns), f"Search {nouns.collection} knowledge", **READ),
+            # Adding the same text twice adds nothing the second time: idempotent, and never destructive.
+            ToolSpec(add_tool(nouns), "Add training content", False, False, True, writes=True),
+            # Removing deletes chunks (destructive); removing again changes nothing more (idempotent).
+            ToolSpec(remove_tool(nouns), "Remove training content", False, True, True, writes=True),
+        ]
+    return tuple(tools)
+
+
+# The tools as Spark's policy (the default) names them: the names used where no policy is at hand.
+TOOLS: tuple[ToolSpec, ...] = tools_for(SPARK)
 
 
 def register_tools(server: MCPServer[Any], policy: PolicyFile) -> None:
@@ -47,7 +60,8 @@ def register_tools(server: MCPServer[Any], policy: PolicyFile) -> None:
         f"- {name}: {spec.description} Fields: {', '.join(spec.columns)}."
         for name, spec in policy.models.items()
     )
-    for spec in TOOLS:
+    nouns = Nouns.of(policy.knowledge) if policy.knowledge is not None else None
+    for spec in tools_for(nouns):
         description = (spec.fn.__doc__ or "").strip()
         if spec.fn in (query_records, count_records):
             description += f"\nModels:\n{models}"

@@ -13,9 +13,12 @@ fails; a process that dies between the two leaves it counted, on the safe side, 
 of the window.
 
 The stored count is not kept but counted: the chunks, as the user's transaction reads them, stored
-under the (spark, item) pairs of the user's records. Removing an item frees its chunks at once
-(another user's removal too, and a spark's deletion by the application); it does not give back the
-allowance of the window, so adding and removing in a loop is limited like adding. Adds of one user
+under the (collection, item) pairs of the user's records (their parent ids kept as text, for a
+collection id of any type; ``KnowledgeStore.count_items`` counts in the store's own table, or, for a
+store whose bookkeeping is in rowscope's side table, the side rows whose chunk is still there).
+Removing an item frees its chunks at once (another user's removal too, and a collection's deletion
+by the application); it does not give back the allowance of the window, so adding and removing in a
+loop is limited like adding. Adds of one user
 running at the same moment do not count against each other's stored limit, so that limit can be
 passed by at most what those adds bring (each of them within the window's allowance).
 """
@@ -28,6 +31,7 @@ import math
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 from sqlalchemy import Integer, String, cast, delete, exists, func, insert, select, update
@@ -58,7 +62,7 @@ async def reserve(
     settings: Settings,
     store: KnowledgeStore,
     caller: Caller,
-    parent_id: uuid.UUID,
+    parent_id: Any,
     item_id: uuid.UUID,
     chunks: int,
 ) -> uuid.UUID:
