@@ -38,7 +38,8 @@ from rowscope.server import home
 from rowscope.server.direct import DirectToolCalls
 from rowscope.server.runtime import Runtime
 from rowscope.server.settings import Settings
-from rowscope.tools import TOOLS, register_tools
+from rowscope.tools import register_tools, tools_for
+from rowscope.tools.collections import Nouns
 
 
 def instructions(policy: PolicyFile) -> str:
@@ -148,20 +149,22 @@ def build_http_app(runtime: Runtime) -> McpFirst:
     )
     # LISTEN cannot work through pgbouncer in transaction mode: there, every request is verified.
     cache = None if runtime.database.url.pgbouncer else TokenCache(runtime.database.url.libpq)
+    knowledge = runtime.policy_file.knowledge
+    tools = tools_for(None if knowledge is None else Nouns.of(knowledge))
     if settings.direct_tool_calls:
         mcp_app = DirectToolCalls(
             mcp_app,
             server,
             runtime,
             security=security,
-            tools=frozenset(spec.fn.__name__ for spec in TOOLS if spec.read_only),
+            tools=frozenset(spec.fn.__name__ for spec in tools if spec.read_only),
         )
     guarded = BearerGuard(
         mcp_app,
         RowscopeVerifier(runtime.database, settings.resource_url, cache),
         resource_url=settings.resource_url,
         host_resources=settings.host_resources,
-        write_tools=frozenset(spec.fn.__name__ for spec in TOOLS if spec.writes),
+        write_tools=frozenset(spec.fn.__name__ for spec in tools if spec.writes),
     )
 
     async def health(_: Request) -> JSONResponse:
