@@ -96,3 +96,15 @@ def serving(database_url: str, log_dir: Path, *args: str, **env: str) -> Iterato
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def rowscope(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The real ``rowscope`` command run to its end, its output captured (start refusals, ``rls``)."""
+    return subprocess.run(
+        [ROWSCOPE, *args],
+        env=child_env(**env),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

@@ -12,22 +12,18 @@ from __future__ import annotations
 import re
 import secrets
 import subprocess
-import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import parse_qs, urljoin, urlsplit
 
 import httpx2
 import psycopg
 import pytest
 import sqlalchemy as sa
-import uvicorn
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
-from mcp.client.streamable_http import streamable_http_client
 
 from rowscope.db import migrate
 from rowscope.db.engine import DatabaseUrl
@@ -37,10 +33,10 @@ from tests.servers import ROWSCOPE, child_env, serve
 from tests.test_oidc import (  # the test's OpenID provider, and its fixtures
     CLIENT_ID,
     CLIENT_SECRET,
-    REDIRECT,
     SECRET_KEY,
     Provider,
     Visit,
+    running_provider,
 )
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -401,16 +397,8 @@ def test_password_sign_in_is_refused_for_an_email_the_application_s_users_table_
 @pytest.fixture(scope="module")
 def idp() -> Iterator[Provider]:
     """tests/test_oidc.py's OpenID provider, on a loopback port of its own."""
-    provider = Provider()
-    server = uvicorn.Server(uvicorn.Config(provider.app(), log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [provider.sock]}, daemon=True)
-    thread.start()
-    try:
+    with running_provider() as provider:
         yield provider
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        provider.sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -439,34 +427,10 @@ async def test_oidc_sign_in_serves_the_application_s_subject_and_refuses_an_emai
     idp.claims = {"sub": "idp|ben", "email": "ben@example.com", "email_verified": True}
     visit = Visit(oidc_url)
     try:
-        callback = await visit.callback(await visit.upstream_url())
-        assert callback.status_code == 303, callback.text
-        consent = await visit.http.get(urljoin(oidc_url, callback.headers["location"]))
-        form = hidden_fields(consent.text) | {"action": "approve"}
-        form.pop("__action__")
-        approved = await visit.http.post(f"{oidc_url}/authorize", data=form)
-        code = parse_qs(urlsplit(approved.headers["location"]).query)["code"][0]
-        issued = await visit.http.post(
-            f"{oidc_url}/token",
-            data={
-                "grant_type": "authorization_code",
-                "code": code,
-                "redirect_uri": REDIRECT,
-                "client_id": visit.client_id,
-                "code_verifier": visit.verifier,
-                "resource": f"{oidc_url}/mcp",
-            },
-        )
-        assert issued.status_code == 200, issued.text
-        headers = {"Authorization": f"Bearer {issued.json()['access_token']}"}
-        async with (
-            httpx2.AsyncClient(headers=headers, timeout=30) as http,
-            Client(streamable_http_client(f"{oidc_url}/mcp", http_client=http)) as client,
-        ):
-            notes = structured(await client.call_tool("query_records", {"model": "Note"}))
+        notes = await visit.connect(await visit.callback(await visit.upstream_url()), "Note", "body")
     finally:
         await visit.http.aclose()
-    assert [row["body"] for row in notes["rows"]] == ["ben one"]
+    assert notes == ["ben one"]
     assert subject_of(db, "ben@example.com") == str(BEN)
 
     idp.claims = {"sub": "idp|zed", "email": "zed@example.com", "email_verified": True}

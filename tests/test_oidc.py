@@ -7,6 +7,7 @@ tool calls as the mapped user."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import html
 import json
@@ -161,8 +162,9 @@ class Provider:
         )
 
 
-@pytest.fixture(scope="module")
-def provider() -> Iterator[Provider]:
+@contextlib.contextmanager
+def running_provider() -> Iterator[Provider]:
+    """A :class:`Provider` served on its loopback port while the block runs."""
     idp = Provider()
     server = uvicorn.Server(uvicorn.Config(idp.app(), log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [idp.sock]}, daemon=True)
@@ -173,6 +175,12 @@ def provider() -> Iterator[Provider]:
         server.should_exit = True
         thread.join(timeout=10)
         idp.sock.close()
+
+
+@pytest.fixture(scope="module")
+def provider() -> Iterator[Provider]:
+    with running_provider() as idp:
+        yield idp
 
 
 @pytest.fixture
@@ -277,8 +285,11 @@ class Visit:
     def signed_in(self) -> bool:
         return "rowscope_session" in self.http.cookies
 
-    async def connect(self, callback: httpx2.Response) -> list[str]:
-        """From a successful callback: consent, code, token, and the emails query_records returns."""
+    async def connect(
+        self, callback: httpx2.Response, model: str = "UserProfile", field: str = "email"
+    ) -> list[Any]:
+        """From a successful callback: consent, code, token, and the ``field`` of the rows of
+        ``model`` query_records returns (the signed-in user's emails by default)."""
         assert callback.status_code == 303, callback.text
         consent = await self.http.get(urljoin(self.base_url, callback.headers["location"]))
         assert title(consent.text).startswith("Allow OIDC test client"), consent.text
@@ -303,8 +314,8 @@ class Visit:
             httpx2.AsyncClient(headers=headers, timeout=30) as http,
             Client(streamable_http_client(f"{self.base_url}/mcp", http_client=http)) as client,
         ):
-            me = structured(await client.call_tool("query_records", {"model": "UserProfile"}))
-        return [row["email"] for row in me["rows"]]
+            found = structured(await client.call_tool("query_records", {"model": model}))
+        return [row[field] for row in found["rows"]]
 
     async def sign_in(self) -> list[str]:
         return await self.connect(await self.callback(await self.upstream_url()))

@@ -8,7 +8,6 @@ on a fresh migrated database; and Spark, whose lock 2 is migration 0002."""
 from __future__ import annotations
 
 import secrets
-import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ from rowscope.server.app import build_runtime
 from rowscope.server.database import prove_servable
 from rowscope.server.runtime import compile_policy
 from rowscope.server.settings import Settings
-from tests.servers import ROWSCOPE, child_env
+from tests.servers import rowscope
 
 ALICE, BOB, CAROL = (uuid.UUID(int=n) for n in (0xA11CE, 0xB0B, 0xCA201))
 
@@ -301,17 +300,6 @@ def test_the_check_refuses_a_table_with_no_policy_for_the_tool_role(app: tuple[s
             check(url, path)
     finally:
         owner(url, 'ALTER POLICY "rowscope_tasks_select" ON tasks TO rowscope_tool')
-
-
-def rowscope(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [ROWSCOPE, *args],
-        env=child_env(**env),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import pytest
 
 from rowscope.db.engine import DatabaseUrl
-from tests.servers import ROWSCOPE, child_env, free_port
+from tests.servers import ROWSCOPE, child_env, free_port, rowscope
 from tests.test_cli import fresh_url
 
 pytestmark = pytest.mark.slow
@@ -25,17 +25,6 @@ __all__ = ["fresh_url"]  # a fixture
 
 SPARK = (Path(__file__).resolve().parents[1] / "rowscope/policies/spark.toml").read_text()
 SECRET = "s3cret-Pa55word"  # a password that must never be printed
-
-
-def rowscope(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [ROWSCOPE, *args],
-        env=child_env(**env),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def one_line(done: subprocess.CompletedProcess[str]) -> str:
