@@ -16,7 +16,9 @@ import sqlalchemy as sa
 from rowscope.db import migrate
 from rowscope.db.engine import Database, DatabaseUrl
 from rowscope.db.policy import USER_PARAM, CompiledPolicy, PolicyError, load_policy
+from rowscope.server.database import offline_fits
 from rowscope.server.runtime import compile_policy
+from rowscope.server.settings import Settings
 
 ALICE = "11111111-1111-1111-1111-111111111111"
 BOB = "22222222-2222-2222-2222-222222222222"
@@ -245,3 +247,44 @@ def test_malformed_new_rules_are_one_line_naming_the_key(tmp_path: Path, rule: s
         load_policy(path)
     assert says in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ('"rowscope"', "'rowscope' is not an on_insert value; one of { user = true }, { value = ... }"),
+        ("{ usr = true }", "'usr' is not an on_insert value"),
+        ("{ value = 1, now = true }", "is not an on_insert value"),
+    ],
+)
+def test_a_malformed_on_insert_value_is_one_line_naming_the_values(
+    tmp_path: Path, value: str, says: str
+) -> None:
+    """Issue 11, 4: one line naming the key and the four kinds of value (pydantic said
+    "knowledge.on_insert.source.UserValue: Input should be a valid dictionary")."""
+    body = textwrap.dedent(POLICY) + textwrap.dedent(f"""
+        [knowledge]
+        table = "DataRecord"
+        access = "project"
+        parent_column = "projectId"
+        dimensions = 384
+        on_insert = {{ source = {value} }}
+    """)
+    path = tmp_path / "policy.toml"
+    path.write_text(body, "utf-8")
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path)
+    assert f"knowledge.on_insert.source: {says}" in str(caught.value) or says in str(caught.value)
+    assert str(caught.value).count("knowledge.on_insert.source") == 1
+    assert "\n" not in str(caught.value)
+
+
+def test_the_offline_model_refuses_a_dimension_below_its_own(tmp_path: Path) -> None:
+    """Issue 11, 2: the offline model's 384 values are padded to a larger dimension, never cut, so
+    a smaller one is refused in one line at start; with an OpenAI key (``dimensions`` parameter) it
+    is served."""
+    without = Settings(database_url="postgresql://x/y", data_dir=tmp_path, openai_api_key=None)
+    with pytest.raises(PolicyError, match=r"knowledge\.dimensions is 256, but without OPENAI_API_KEY"):
+        offline_fits(without, 256)
+    offline_fits(without, 384)
+    offline_fits(without.model_copy(update={"openai_api_key": "sk-test"}), 256)

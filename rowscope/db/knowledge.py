@@ -88,6 +88,7 @@ from typing import Any
 from pgvector.sqlalchemy import BIT, HALFVEC, VECTOR, Vector
 from psycopg import sql
 from sqlalchemy import (
+    BigInteger,
     Column,
     Float,
     Integer,
@@ -117,7 +118,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from rowscope.db.filters import FilterError, column_kind, convert
 from rowscope.db.models import KnowledgeChunk
-from rowscope.db.policy import CompiledPolicy, FixedValue, KnowledgeSpec, NowValue, PolicyError, as_subject
+from rowscope.db.policy import (
+    ChunkIndexValue,
+    CompiledPolicy,
+    FixedValue,
+    KnowledgeSpec,
+    NowValue,
+    PolicyError,
+    UserValue,
+    as_subject,
+)
 
 # At most this many readable chunks: exact search. An exact scan reads every readable vector
 # (6 KB each, stored out of line), so its cost grows with this number (~20 ms at 3,400 rows on the
@@ -260,8 +270,9 @@ class KnowledgeStore:
             if column.name not in set_here and not column.nullable and not has_default(column):
                 raise PolicyError(
                     f"knowledge: {t.fullname}.{column.name} is NOT NULL without a default and nothing "
-                    f"sets it: add it to [knowledge] on_insert ({{ user = true }}, {{ value = ... }} or "
-                    f'{{ now = true }}) or to filters (e.g. {column.name} = "{column.name}") so adds give it'
+                    f"sets it: add it to [knowledge] on_insert ({{ user = true }}, {{ value = ... }}, "
+                    f"{{ now = true }} or {{ chunk_index = true }}) or to filters "
+                    f'(e.g. {column.name} = "{column.name}") so adds give it'
                 )
         return kind, declared
 
@@ -609,8 +620,9 @@ class KnowledgeStore:
         return set((await conn.execute(statement)).scalars())
 
     def _set_on_insert(self, subject: str | None) -> dict[str, Any]:
-        """The ``on_insert`` columns' values, as SQL: the subject cast to the column's type, a
-        fixed value cast to it, or now()."""
+        """The ``on_insert`` columns' values that are the same on every row, as SQL: the subject cast
+        to the column's type, a fixed value cast to it, or now() (a chunk's position is per row:
+        :meth:`positions`)."""
         out: dict[str, Any] = {}
         for name, how in self.spec.on_insert.items():
             column = self._c(name)
@@ -618,7 +630,7 @@ class KnowledgeStore:
                 out[name] = func.now()
             elif isinstance(how, FixedValue):
                 out[name] = cast(literal(how.value), column.type)
-            else:
+            elif isinstance(how, UserValue):
                 if subject is None:
                     raise ValueError("this store sets the user on insert: insert() needs the subject")
                 out[name] = as_subject(literal(subject, String()), column)
@@ -696,7 +708,7 @@ class KnowledgeStore:
             type_sql = sql.SQL(self._c(name).type.compile(dialect=dialect))
             if isinstance(how, NowValue):
                 out[name] = sql.SQL("now()")
-            else:
+            elif isinstance(how, FixedValue | UserValue):
                 value = how.value if isinstance(how, FixedValue) else subject
                 out[name] = sql.SQL("CAST({} AS {})").format(sql.Literal(value), type_sql)
         for name, value in assigned.items():
@@ -728,6 +740,7 @@ class KnowledgeStore:
             values = []
             for r in batch:
                 row: dict[str, Any] = dict(fixed)
+                row |= {column: r["index"] for column in self.positions}
                 if self.generates_ids:
                     made = uuid.uuid4()
                     row[s.id_column] = made if column_kind(self.id_column) == "uuid" else str(made)
@@ -789,6 +802,8 @@ class KnowledgeStore:
             return "vector"
         if column == s.metadata_column:
             return "jsonb"
+        if column in self.positions:
+            return "int8" if isinstance(self._c(column).type, BigInteger) else "int4"
         if column_kind(self._c(column)) == "uuid":
             return "uuid"
         return "text"
@@ -803,6 +818,7 @@ class KnowledgeStore:
         vector: Sequence[float],
         model: str,
         metadata: dict[str, Any],
+        index: int = 0,
     ) -> dict[str, Any]:
         """One chunk to :meth:`insert`: keyed by the table's columns (Spark's COPY), or by role
         where the side table keeps the bookkeeping."""
@@ -816,6 +832,7 @@ class KnowledgeStore:
                 "vector": vector,
                 "model": model,
                 "metadata": metadata,
+                "index": index,
             }
         s = self.spec
         assert s.hash_column and s.source_type_column and s.source_id_column and s.model_column
@@ -829,7 +846,13 @@ class KnowledgeStore:
             s.vector_column: list(vector),
             s.model_column: model,
             s.metadata_column: metadata,
+            **dict.fromkeys(self.positions, index),
         }
+
+    @property
+    def positions(self) -> list[str]:
+        """The columns ``on_insert`` sets to each chunk's position in its text (``chunk_index``)."""
+        return [name for name, how in self.spec.on_insert.items() if isinstance(how, ChunkIndexValue)]
 
     async def remove(self, conn: AsyncConnection, parent_id: Any, source_id: str) -> int:
         """Delete an item's chunks (and, with a side table, their side rows); how many there were."""
@@ -915,6 +938,8 @@ def _binary_copy(rows: list[dict[str, Any]], columns: list[str], kinds: list[str
                 data = b"\x01" + json.dumps(value).encode()
             elif kind == "uuid":
                 data = (value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))).bytes
+            elif kind in ("int4", "int8"):
+                data = struct.pack(">i" if kind == "int4" else ">q", value)
             else:
                 data = str(value).encode()
             out.append(struct.pack(">i", len(data)))

@@ -179,9 +179,14 @@ RULES: dict[str, type[_Strict]] = {
 def _rule_kind(value: Any) -> str | None:
     """Which rule a table is, by its one key: so a mistyped rule is one error that names the rules,
     not one error per kind of rule that it failed to be."""
+    return _one_key(value, RULES)
+
+
+def _one_key(value: Any, kinds: dict[str, type[_Strict]]) -> str | None:
+    """The kind of a one-key table (a rule, an on_insert value), by its key (or its parsed class)."""
     if isinstance(value, dict):
         return next(iter(value)) if len(value) == 1 else None
-    return next((kind for kind, cls in RULES.items() if isinstance(value, cls)), None)
+    return next((kind for kind, cls in kinds.items() if isinstance(value, cls)), None)
 
 
 Rule = Annotated[
@@ -251,6 +256,25 @@ class ChunkIndexValue(_Strict):
     chunk_index: Literal[True]
 
 
+INSERT_VALUES: dict[str, type[_Strict]] = {
+    "user": UserValue,
+    "value": FixedValue,
+    "now": NowValue,
+    "chunk_index": ChunkIndexValue,
+}
+InsertValue = Annotated[
+    Annotated[UserValue, Tag("user")]
+    | Annotated[FixedValue, Tag("value")]
+    | Annotated[NowValue, Tag("now")]
+    | Annotated[ChunkIndexValue, Tag("chunk_index")],
+    Discriminator(
+        lambda v: _one_key(v, INSERT_VALUES),
+        custom_error_type="policy_insert_value",
+        custom_error_message="not an on_insert value",
+    ),
+]
+
+
 class KnowledgeSpec(_Strict):
     """The embedding store that retrieval searches and training writes: one row per chunk, each
     under a parent (a *collection*: Spark's spark, Tzurot's personality) that the access rule
@@ -289,7 +313,7 @@ class KnowledgeSpec(_Strict):
     filters: dict[Name, Name] = Field(default_factory=dict)
     # Columns rowscope sets on every insert: ``{ user = true }``, ``{ value = ... }``, ``{ now = true }``
     # or ``{ chunk_index = true }``.
-    on_insert: dict[Name, UserValue | FixedValue | NowValue | ChunkIndexValue] = Field(default_factory=dict)
+    on_insert: dict[Name, InsertValue] = Field(default_factory=dict)
     # A boolean column saying whether a row is in the approximate-search index yet, with the index
     # partial on it (Spark: migration 0007). Set, rowscope inserts chunks with it false, search
     # scores those exactly until the background indexer (db/indexer.py) sets it; unset, chunks are
@@ -441,7 +465,14 @@ def load_policy(path: Path | None = None) -> PolicyFile:
 # match); an operator needs the one that says what to fix. A mistyped key is an "extra" error at
 # the typo and a "missing" one at the key meant: the first says more, so errors that name what is
 # allowed come first, "missing" last.
-_RANK = {"policy_rule": 0, "extra_forbidden": 0, "literal_error": 0, "value_error": 1, "missing": 3}
+_RANK = {
+    "policy_rule": 0,
+    "policy_insert_value": 0,
+    "extra_forbidden": 0,
+    "literal_error": 0,
+    "value_error": 1,
+    "missing": 3,
+}
 
 
 def condense(exc: ValidationError) -> str:
@@ -462,6 +493,12 @@ def condense(exc: ValidationError) -> str:
         else:
             what = f'a rule is a table such as {{ owner = "user_id" }}, not {value!r}'
         what += f"; rules: {', '.join(RULES)}"
+    elif kind == "policy_insert_value":
+        shown = f"{next(iter(value))!r}" if isinstance(value, dict) and len(value) == 1 else repr(value)
+        what = (
+            f"{shown} is not an on_insert value; one of {{ user = true }}, {{ value = ... }}, "
+            "{ now = true }, { chunk_index = true }"
+        )
     elif kind == "value_error":
         what = str(error["msg"]).removeprefix("Value error, ")
     else:

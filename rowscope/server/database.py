@@ -100,6 +100,7 @@ def prove_servable(settings: Settings, url: str, *, rls: bool) -> Compared | Non
     import anyio
 
     from rowscope.db import rls as rls_check
+    from rowscope.db.knowledge import KnowledgeStore
     from rowscope.db.policy import PolicyError, load_policy, policy_origin
     from rowscope.server.app import tool_url
     from rowscope.server.runtime import compile_policy
@@ -112,6 +113,9 @@ def prove_servable(settings: Settings, url: str, *, rls: bool) -> Compared | Non
             with database_failures(database.url):
                 try:
                     compiled = await compile_policy(database, policy)
+                    if policy.knowledge is not None:
+                        KnowledgeStore(compiled)  # its columns fit the policy (db/knowledge.py)
+                        offline_fits(settings, policy.knowledge.dimensions)
                 except PolicyError as exc:
                     raise PolicyError(
                         f"{policy_origin(settings.policy)} does not match the database: {exc}"
@@ -126,6 +130,20 @@ def prove_servable(settings: Settings, url: str, *, rls: bool) -> Compared | Non
             await database.dispose()
 
     return anyio.run(check)
+
+
+def offline_fits(settings: Settings, dimensions: int) -> None:
+    """Without an OpenAI key the offline model embeds: its vectors are padded to the policy's
+    dimension, never cut (``embeddings/offline.py``), so a smaller dimension cannot be served."""
+    from rowscope.db.policy import PolicyError
+    from rowscope.embeddings.offline import MINILM_NATIVE_DIMENSIONS
+
+    if not settings.openai_api_key and dimensions < MINILM_NATIVE_DIMENSIONS:
+        raise PolicyError(
+            f"knowledge.dimensions is {dimensions}, but without OPENAI_API_KEY the offline model embeds, "
+            f"and its vectors have {MINILM_NATIVE_DIMENSIONS} values (padded to a larger dimension, never "
+            "cut): set OPENAI_API_KEY (OpenAI's text-embedding-3 models take a dimensions parameter)"
+        )
 
 
 @contextmanager

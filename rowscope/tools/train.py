@@ -113,6 +113,7 @@ def add_tool(nouns: Nouns) -> Callable[..., Awaitable[Any]]:
                         v,
                         rt.embedder.model,
                         metadata | {"chunk_index": c.index},
+                        index=c.index,
                     )
                     for c, v in zip(fresh, vectors, strict=True)
                 ]
