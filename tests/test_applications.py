@@ -16,7 +16,7 @@ expected.toml``, and for Spark :data:`SPARK_ORACLE` below.
 4. knowledge: ``list_<collections>``, add (deduplicated), search, remove, each refused across users;
 5. 004's admin sees every project and rating;
 6. ``rowscope rls plan`` reproduces each example's checked-in ``rls.sql`` (drift fails here);
-7. the real CLI: ``rowscope stdio --user`` per example and ``rowscope serve`` for one.
+7. the real CLI: ``rowscope stdio --user`` and ``rowscope serve`` per example.
 
 002 (Arrakis) is single-tenant: no row or collection is only one user's, so instead of the isolation
 checks it gets one that both users see the same rows and knowledge (its oracle says so).
@@ -783,10 +783,13 @@ async def test_rowscope_stdio_serves_an_example_as_its_user(app: App, name: str,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [pytest.param("003-agent-os", id="003-agent-os")])
-async def test_rowscope_serve_serves_an_example_over_http_with_an_api_key(app: App, tmp_path: Path) -> None:
-    """Issue 11 ("done when"): `rowscope serve` with 003's policy (the application's own users)
-    answers an MCP client over HTTP, with alice's API key, with her rows only."""
+@pytest.mark.parametrize("name", EXAMPLE_PARAMS)
+async def test_rowscope_serve_serves_an_example_over_http_with_an_api_key(
+    app: App, name: str, tmp_path: Path
+) -> None:
+    """Issue 11 ("done when"): `rowscope serve` with the example's policy answers an MCP client over
+    HTTP, with alice's API key: her rows only, and her collections through the policy's own list
+    tool (the direct path's read set follows the policy's tool names)."""
 
     async def make_key() -> str:
         database = Database(DatabaseUrl.parse(app.url), pool_size=1)
@@ -796,13 +799,16 @@ async def test_rowscope_serve_serves_an_example_over_http_with_an_api_key(app: A
         finally:
             await database.dispose()
 
+    model = SMOKE_MODEL[name]
+    pk = app.policy.models[model].primary_key
+    tool, listed_key, _ = _nouns(app)
     key = await make_key()
     with serve(app.url, tmp_path, ROWSCOPE_POLICY=str(app.policy_path)) as base_url:
         async with (
             httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=30) as http,
             Client(streamable_http_client(f"{base_url}/mcp", http_client=http)) as client,
         ):
-            documents = await all_ids(client, "Document", "id")
-            chunks = await all_ids(client, "DocumentChunk", "id")
-    assert set(documents) == app.oracle["alice"].models["Document"]
-    assert set(chunks) == app.oracle["alice"].models["DocumentChunk"]
+            ids = await all_ids(client, model, pk)
+            listed = structured(await client.call_tool(tool, {}))[listed_key]
+    assert set(ids) == app.oracle["alice"].models[model]
+    assert {c["id"] for c in listed} == app.oracle["alice"].read
