@@ -759,7 +759,8 @@ async def test_the_compiled_scope_alone_selects_exactly_the_users_rows(
     """Spec-required (ARCHITECTURE lock 1): run as the superuser, so RLS cannot mask a scope bug."""
     exposed = rt.policy.models[model]
     for user in USERS.values():
-        statement = sa.select(exposed.table.c.id).where(rt.policy.model_scope(model, str(user), exposed.table))
+        scope = rt.policy.model_scope(model, str(user), exposed.table)
+        statement = sa.select(exposed.table.c.id).where(scope)
         with admin.connect() as conn:
             got = set(conn.execute(statement).scalars())
         assert got == visible_ids(admin, model, user), (model, user)

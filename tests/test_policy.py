@@ -400,7 +400,8 @@ def test_every_invalid_policy_is_one_line(tmp_path: Path, body: str, mentions: s
 MISTYPED = [
     pytest.param(
         'scope = { ownr = "user_id" }',
-        "models.Item.scope: unknown rule 'ownr'; rules: owner, flag, unset, member, parent, access, role, public, any, all",
+        "models.Item.scope: unknown rule 'ownr'; "
+        "rules: owner, flag, unset, member, parent, access, role, public, any, all",
         id="rule",
     ),
     pytest.param(

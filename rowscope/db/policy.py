@@ -403,7 +403,13 @@ class PolicyFile(_Strict):
         return f"access rules: {', '.join(self.access)}" if self.access else "the policy has no [access.NAME]"
 
     def table_names(self) -> set[str]:
-        names = {self.users.table, *(m.table for m in self.models.values())}
+        """Every table the policy names."""
+        return self.rule_tables() | {self.users.table}
+
+    def rule_tables(self) -> set[str]:
+        """The tables the policy's models, rules and knowledge store read (the users table only
+        where one of them does)."""
+        names = {m.table for m in self.models.values()}
         names |= {a.table for a in self.access.values()}
         for rule in self._all_rules():
             if isinstance(rule, MemberRule):

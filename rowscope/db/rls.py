@@ -361,17 +361,7 @@ OWN_USERS = "user_profiles"
 
 def own_accounts_only(policy: PolicyFile) -> bool:
     """Whether the policy names rowscope's own account table only as its users table."""
-    if policy.users.table != OWN_USERS:
-        return False
-    named = {m.table for m in policy.models.values()} | {a.table for a in policy.access.values()}
-    for rule in _rules(policy):
-        if isinstance(rule, MemberRule):
-            named.add(rule.member.table)
-        if isinstance(rule, RoleRule):
-            named.add(rule.role.table or policy.users.table)
-    if policy.knowledge is not None:
-        named.add(policy.knowledge.table)
-    return OWN_USERS not in named
+    return policy.users.table == OWN_USERS and OWN_USERS not in policy.rule_tables()
 
 
 def render(policy: PolicyFile, catalog: Catalog, origin: str) -> str:
