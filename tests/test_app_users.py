@@ -27,7 +27,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from rowscope.db import migrate
 from rowscope.db.engine import DatabaseUrl
-from tests.conftest import structured
+from tests.conftest import error_text, structured
 from tests.oauth import hidden_fields
 from tests.servers import ROWSCOPE, child_env, serve
 from tests.test_oidc import (  # the test's OpenID provider, and its fixtures
@@ -442,3 +442,32 @@ async def test_oidc_sign_in_serves_the_application_s_subject_and_refuses_an_emai
     finally:
         await stranger.http.aclose()
     assert scalar(db, "SELECT count(*) FROM user_profiles WHERE email = 'zed@example.com'") == 0
+
+
+# -- fail closed ------------------------------------------------------------------------------------
+
+
+async def test_an_account_without_the_application_s_id_or_gone_is_refused_not_served(
+    app_url: str, policies: dict[str, Path], db: sa.Engine, tmp_path: Path
+) -> None:
+    """With an application users table every account served must carry the id that table gave it:
+    an account without one (made before the policy named the table, or its subject cleared) and an
+    account that no longer exists get a tool error, never rows under a stand-in id (our choice:
+    fail closed; db/subjects.py)."""
+    from rowscope.server.app import build_mcp, build_runtime
+    from rowscope.server.settings import Settings
+
+    unlinked = uuid.uuid4()
+    execute(db, "INSERT INTO user_profiles (id, email) VALUES (:id, 'unlinked@example.com')", id=unlinked)
+    settings = Settings(database_url=app_url, policy=policies["auth"], data_dir=tmp_path, openai_api_key=None)
+    try:
+        for account, says in (
+            (unlinked, "not linked to a user of the application"),
+            (uuid.uuid4(), "no longer exists"),
+        ):
+            server = build_mcp(build_runtime(settings, app_url, stdio_user=account))
+            async with Client(server) as client:
+                result = await client.call_tool("query_records", {"model": "Note"})
+            assert says in error_text(result)
+    finally:
+        execute(db, "DELETE FROM user_profiles WHERE id = :id", id=unlinked)

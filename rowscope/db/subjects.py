@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from rowscope.db.engine import Database
 
 
-SUBJECT_OF = text("SELECT coalesce(subject, id::text) FROM user_profiles WHERE id = :id")
+SUBJECT_OF = text("SELECT subject FROM user_profiles WHERE id = :id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,14 +39,22 @@ class Caller:
         return cls(account, str(account))
 
 
+class UnknownSubject(LookupError):
+    """The account is gone, or has no subject where the application's users table gives them: no
+    tool call runs as it (never as a stand-in id)."""
+
+
 class Subjects:
     """Accounts' subjects, read from ``user_profiles`` and kept for ``ttl`` seconds (a subject
-    changes only when ``users add --subject`` changes it; a removed account has no token left)."""
+    changes only when ``users add`` or a sign-in changes it; a removed account has no token left).
+    ``linked``: the policy names an application users table, so every account served must have a
+    subject recorded from it (an account without one is refused, not served as its own id)."""
 
     SIZE = 10_000
 
-    def __init__(self, database: Database, *, ttl: float = 60.0) -> None:
+    def __init__(self, database: Database, *, linked: bool = False, ttl: float = 60.0) -> None:
         self._database = database
+        self._linked = linked
         self._ttl = ttl
         self._known: OrderedDict[uuid.UUID, tuple[float, Caller]] = OrderedDict()
 
@@ -57,9 +65,13 @@ class Subjects:
             self._known.move_to_end(account)
             return found[1]
         async with self._database.service_transaction() as conn:
-            found_subject = await conn.execute(SUBJECT_OF, {"id": account})
-            subject = found_subject.scalar()
-        caller = Caller(account, str(subject) if subject is not None else str(account))
+            row = (await conn.execute(SUBJECT_OF, {"id": account})).first()
+        if row is None:
+            raise UnknownSubject("this account no longer exists")
+        (subject,) = row
+        if subject is None and self._linked:
+            raise UnknownSubject("this account is not linked to a user of the application")
+        caller = Caller(account, str(account) if subject is None else str(subject))
         self._known[account] = (now + self._ttl, caller)
         if len(self._known) > self.SIZE:
             self._known.popitem(last=False)

@@ -8,7 +8,7 @@ from typing import Any
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.mcpserver import Context
 
-from rowscope.db.subjects import Caller
+from rowscope.db.subjects import Caller, UnknownSubject
 from rowscope.server.runtime import Runtime
 from rowscope.tools.errors import ToolFailure
 
@@ -32,4 +32,9 @@ def current_account(ctx: Context[Any]) -> uuid.UUID:
 
 async def current_caller(ctx: Context[Any]) -> Caller:
     """The account and the application's subject for it (``db/subjects.py``)."""
-    return await runtime(ctx).subjects.caller(current_account(ctx))
+    try:
+        return await runtime(ctx).subjects.caller(current_account(ctx))
+    except UnknownSubject as exc:  # never served as a stand-in id (fail closed)
+        raise ToolFailure(
+            f"{exc}; sign in again, or ask the operator to add you (`rowscope users add`)"
+        ) from None
