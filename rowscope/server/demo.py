@@ -14,7 +14,6 @@ from typing import Any
 from sqlalchemy import delete, insert
 
 from rowscope.auth.passwords import set_password
-from rowscope.db.knowledge import KnowledgeStore
 from rowscope.db.models import (
     ChatMessage,
     ChatSession,
@@ -156,7 +155,8 @@ CHATS = [
 async def load_demo(runtime: Runtime) -> str:
     await runtime.start()
     try:
-        store = KnowledgeStore(runtime.policy)
+        store = runtime.knowledge
+        assert store is not None  # the bundled Spark policy has one
         chunk_rows: list[dict[str, Any]] = []
         for spark in SPARKS:
             for n, text in enumerate(spark["knowledge"]):

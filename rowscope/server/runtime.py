@@ -43,6 +43,8 @@ class Runtime:
     hashing: anyio.CapacityLimiter = field(
         default_factory=lambda: anyio.CapacityLimiter(passwords.CONCURRENCY)
     )
+    # Built by start() when the policy has a knowledge store; None otherwise.
+    knowledge: KnowledgeStore | None = field(default=None, init=False)
     # Built by start() when the policy's knowledge store has an indexed_column; None otherwise.
     indexer: Indexer | None = field(default=None, init=False)
     # Accounts' subjects (the application's ids for them), cached.
@@ -65,7 +67,8 @@ class Runtime:
         await self.database.verify(self.policy_file.table_names())
         knowledge = self.policy_file.knowledge
         if knowledge is not None:
-            KnowledgeStore(self._policy)  # its columns fit the policy, or PolicyError (db/knowledge.py)
+            # Built once: its columns fit the policy, or PolicyError (db/knowledge.py).
+            self.knowledge = KnowledgeStore(self._policy)
         if knowledge is not None and knowledge.indexed_column is not None:
             self.indexer = Indexer(
                 self.database,

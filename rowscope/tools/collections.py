@@ -87,10 +87,11 @@ def tool(
 
 
 def knowledge_store(ctx: Context[Any]) -> KnowledgeStore:
-    policy = runtime(ctx).policy
-    if policy.policy.knowledge is None:
+    """The store the runtime built and checked at start."""
+    store = runtime(ctx).knowledge
+    if store is None:
         raise ToolFailure("this deployment has no knowledge store")
-    return KnowledgeStore(policy)
+    return store
 
 
 async def require_parent(
