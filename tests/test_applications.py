@@ -199,7 +199,7 @@ def _lock_two_tables(name: str) -> list[str]:
     policy = POLICIES[name]
     tables = policy.table_names()
     if rls.own_accounts_only(policy):
-        tables.discard(rls.OWN_USERS)  # only the [users] table: migration 0002 guards it, by account
+        tables.discard(policy.users.table)  # only the [users] table: migration 0002 guards it, by account
     return sorted(tables)
 
 
@@ -310,7 +310,7 @@ def _add_accounts(url: str, policy: PolicyFile, oracle: dict[str, Any]) -> dict[
             async with database.service_transaction() as conn:
                 made = {}
                 for user, sees in oracle["users"].items():
-                    subject = None if accounts.has_app_users(policy.users) else sees.get("subject")
+                    subject = None if not policy.users.own else sees.get("subject")
                     made[user] = await accounts.add_user(
                         conn, f"{user}@example.com", users=policy.users, subject=subject
                     )

@@ -94,7 +94,7 @@ async def add_user(
     before anything is written; else ``subject`` when given (an existing account's is replaced,
     never cleared)."""
     email = normalise_email(email)
-    if users is not None and has_app_users(users):
+    if users is not None and not users.own:
         if subject is not None:
             raise AccountError(
                 f"--subject is for applications without a users table: this policy's users are "
@@ -113,11 +113,6 @@ async def add_user(
     if subject is not None:
         await set_subject(conn, account, subject)
     return account
-
-
-def has_app_users(users: UsersSpec) -> bool:
-    """Whether the policy's users are the application's own table, not rowscope's accounts."""
-    return table_key(users.table) != "user_profiles"
 
 
 class NotAnApplicationUser(AccountError):
@@ -216,7 +211,7 @@ async def refresh_subject(conn: AsyncConnection, users: UsersSpec, account: uuid
     """With an application users table, look the account's email up in it and record the id as
     the account's subject (``stdio --user`` and every sign-in); whether the subject changed (the
     caller then forgets any cached one). Nothing to do for rowscope's own users."""
-    if not has_app_users(users):
+    if users.own:
         return False
     email = (await conn.execute(select(UserProfile.email).where(UserProfile.id == account))).scalar_one()
     return await set_subject(conn, account, await app_subject(conn, users, email))

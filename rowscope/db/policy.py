@@ -221,6 +221,9 @@ class ModelSpec(_Strict):
     description: str = ""
 
 
+OWN_USERS = "user_profiles"  # rowscope's own account table (db/models.py UserProfile)
+
+
 class UsersSpec(_Strict):
     """The application's users: sign-in, ``--user`` and ``users add`` find a user's subject here by
     email. The default, ``user_profiles``, is rowscope's own account table (Spark's users): the
@@ -229,6 +232,11 @@ class UsersSpec(_Strict):
     table: TableName = "user_profiles"
     id_column: Name = "id"
     email_column: Name = "email"
+
+    @property
+    def own(self) -> bool:
+        """Whether these are rowscope's own accounts (``user_profiles``), not an application's table."""
+        return table_key(self.table) == OWN_USERS
 
 
 class UserValue(_Strict):

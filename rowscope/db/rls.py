@@ -54,7 +54,6 @@ import psycopg
 from sqlalchemy import String, Text, bindparam, cast, false, func, literal_column, or_, select, text
 from sqlalchemy import column as sa_column
 from sqlalchemy import table as sa_table
-from sqlalchemy import types as sqltypes
 from sqlalchemy.exc import DBAPIError
 
 from rowscope.db.engine import Database
@@ -78,6 +77,7 @@ from rowscope.db.policy import (
     Rule,
     UnsetRule,
     UserValue,
+    as_subject,
 )
 from rowscope.db.subjects import Caller
 
@@ -356,12 +356,9 @@ def _policy(name: str, table: str, command: str, using: str | None, check: str |
 # migration 0002's (a transaction reads its own account, by ``rowscope_user_id()``), and an account's
 # subject need not be of its id's type (001's are Discord ids), so the plan and the check leave it
 # alone unless a model or a rule reads it.
-OWN_USERS = "user_profiles"
-
-
 def own_accounts_only(policy: PolicyFile) -> bool:
     """Whether the policy names rowscope's own account table only as its users table."""
-    return policy.users.table == OWN_USERS and OWN_USERS not in policy.rule_tables()
+    return policy.users.own and policy.users.table not in policy.rule_tables()
 
 
 def render(policy: PolicyFile, catalog: Catalog, origin: str) -> str:
@@ -369,7 +366,7 @@ def render(policy: PolicyFile, catalog: Catalog, origin: str) -> str:
     planner = _Planner(policy, catalog)
     blocks: list[list[str]] = []
     for name in sorted(policy.table_names()):
-        if name == OWN_USERS and own_accounts_only(policy):
+        if name == policy.users.table and own_accounts_only(policy):
             continue
         info = catalog.tables[name]
         reads, roles = planner.reads(name)
@@ -560,8 +557,7 @@ class _Target:
 
 
 def _is_subject(column: Any, subject: str) -> Any:
-    bound = bindparam(USER_PARAM, subject, type_=String())
-    return column == (bound if isinstance(column.type, sqltypes.String) else cast(bound, column.type))
+    return column == as_subject(bindparam(USER_PARAM, subject, type_=String()), column)
 
 
 def _targets(compiled: CompiledPolicy) -> list[_Target]:
@@ -647,9 +643,9 @@ async def check(database: Database, compiled: CompiledPolicy, *, subjects: int =
     if side is not None:
         targets.append(side)
     user_id: Any = compiled.table(policy.users.table).c[policy.users.id_column]
-    if policy.users.table == OWN_USERS:
+    if policy.users.own:
         # rowscope's accounts: their subjects (an explicit one, or the account's own id).
-        own = compiled.table(OWN_USERS)
+        own = compiled.table(policy.users.table)
         user_id = func.coalesce(own.c.subject, cast(own.c.id, Text())) if "subject" in own.c else user_id
     compared = Compared()
     async with database.service_transaction() as conn:

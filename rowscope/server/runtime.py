@@ -18,7 +18,6 @@ import anyio
 from sqlalchemy import MetaData
 
 from rowscope.auth import passwords
-from rowscope.db.accounts import has_app_users
 from rowscope.db.engine import Database
 from rowscope.db.indexer import Indexer
 from rowscope.db.knowledge import KnowledgeStore
@@ -51,7 +50,7 @@ class Runtime:
     subjects: Subjects = field(init=False)
 
     def __post_init__(self) -> None:
-        self.subjects = Subjects(self.database, linked=has_app_users(self.policy_file.users))
+        self.subjects = Subjects(self.database, linked=not self.policy_file.users.own)
 
     @property
     def policy(self) -> CompiledPolicy:
