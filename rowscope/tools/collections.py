@@ -94,15 +94,12 @@ def knowledge_store(ctx: Context[Any]) -> KnowledgeStore:
     return store
 
 
-async def require_parent(
-    ctx: Context[Any], store: KnowledgeStore, conn: Any, parent_id: Any, mode: str
-) -> None:
+async def require_parent(store: KnowledgeStore, conn: Any, subject: str, parent_id: Any, mode: str) -> None:
     """Fail unless the user may read (or write) the parent; existence is not revealed to strangers."""
-    caller = await current_caller(ctx)
     nouns = Nouns.of(store.spec)
-    if await store.may(conn, caller.subject, parent_id, mode):
+    if await store.may(conn, subject, parent_id, mode):
         return
-    if mode == "write" and await store.may(conn, caller.subject, parent_id, "read"):
+    if mode == "write" and await store.may(conn, subject, parent_id, "read"):
         raise ToolFailure(
             f"{nouns.collection} {parent_id} is read-only for you: only its owner and editors may change it"
         )

@@ -70,7 +70,7 @@ def search_tool(nouns: Nouns) -> Callable[..., Awaitable[Any]]:
         store.filter_conditions(filters)  # a bad filter fails before anything is embedded
         if parent_id is not None:
             async with rt.database.user_transaction(caller) as conn:
-                await require_parent(ctx, store, conn, parent_id, "read")
+                await require_parent(store, conn, caller.subject, parent_id, "read")
         (vector,) = await rt.embedder.embed([query], user=caller.account)
         async with rt.database.user_transaction(caller) as conn:
             hits = await store.search(

@@ -84,7 +84,7 @@ def add_tool(nouns: Nouns) -> Callable[..., Awaitable[Any]]:
 
         record: uuid.UUID | None = None
         async with rt.database.user_transaction(caller) as conn:
-            await require_parent(ctx, store, conn, parent_id, "write")
+            await require_parent(store, conn, caller.subject, parent_id, "write")
             known = await store.existing_hashes(conn, parent_id, list(unique))
             fresh = [c for c in chunks if c.sha256 not in known]
             if fresh:  # within the user's limits, or refused here, before anything is embedded
@@ -118,7 +118,7 @@ def add_tool(nouns: Nouns) -> Callable[..., Awaitable[Any]]:
                     for c, v in zip(fresh, vectors, strict=True)
                 ]
                 async with rt.database.user_transaction(caller) as conn:
-                    await require_parent(ctx, store, conn, parent_id, "write")
+                    await require_parent(store, conn, caller.subject, parent_id, "write")
                     added = await store.insert(conn, rows, subject=caller.subject, assigned=assigned)
                     await quota.settle(conn, record, added)
             if added and rt.indexer is not None:
@@ -178,7 +178,7 @@ def remove_tool(nouns: Nouns) -> Callable[..., Awaitable[Any]]:
         store = knowledge_store(ctx)
         parent_id = store.parent_id(nouns.id_param, parent)
         async with rt.database.user_transaction(caller) as conn:
-            await require_parent(ctx, store, conn, parent_id, "write")
+            await require_parent(store, conn, caller.subject, parent_id, "write")
             removed = await store.remove(conn, parent_id, str(item_id))
         if removed == 0:
             raise ToolFailure(f"{nouns.collection} {parent_id} has no training item {item_id}")
