@@ -234,6 +234,8 @@ class KnowledgeStore:
         self.parent_column: Column[Any] = self.table.c[s.parent_column]
         # Ids rowscope makes for a table whose id column has no default (Prisma's client-side ids).
         self.generates_ids = not has_default(self.id_column)
+        # The columns ``on_insert`` sets to each chunk's position in its text (``chunk_index``).
+        self.positions = [name for name, how in s.on_insert.items() if isinstance(how, ChunkIndexValue)]
         self.vector_kind, self.declared_dimensions = self._check()
 
     def _check(self) -> tuple[str, int | None]:
@@ -848,11 +850,6 @@ class KnowledgeStore:
             s.metadata_column: metadata,
             **dict.fromkeys(self.positions, index),
         }
-
-    @property
-    def positions(self) -> list[str]:
-        """The columns ``on_insert`` sets to each chunk's position in its text (``chunk_index``)."""
-        return [name for name, how in self.spec.on_insert.items() if isinstance(how, ChunkIndexValue)]
 
     async def remove(self, conn: AsyncConnection, parent_id: Any, source_id: str) -> int:
         """Delete an item's chunks (and, with a side table, their side rows); how many there were."""
