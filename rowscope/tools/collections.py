@@ -50,7 +50,8 @@ class Nouns:
 
 
 # Spark's nouns (rowscope/policies/spark.toml, the default policy): how the tools are named where no
-# policy is at hand (the README's tool table, the HTTP guard's and the direct path's tool sets).
+# policy is at hand (the README's tool table and the tests of the bundled policy; a server takes its
+# policy's own names, server/app.py).
 SPARK = Nouns("spark", "sparks", "AI personas you own, are a member of, or that are shared with your team.")
 
 
